@@ -1,0 +1,43 @@
+# Every target sets itself up: a fresh clone needs only python3 (3.11+) and make.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.nbgate-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install tools train score test lint bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt requirements-test.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nbgate needs Python 3.11 or newer, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+	$(UV) pip install --quiet --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e .
+	touch $@
+
+train: $(STAMP)
+	$(VENV)/bin/pytest -m train -v -o verbosity_test_cases=2
+
+score: $(STAMP)
+	$(VENV)/bin/pytest -m score -v -o verbosity_test_cases=2
+
+# Node 22 + gitlab-ci-local and rsync drive the CI-file tests (needs root for apt-get).
+tools:
+	bash .ci/install-tools.sh
+
+test: $(STAMP) tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest tests -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+# Regenerate the pinned locks after changing ranges in pyproject.toml.
+lock: $(STAMP)
+	$(UV) pip compile pyproject.toml -o requirements.txt --python-version 3.11
+	$(UV) pip compile pyproject.toml --extra test -c requirements.txt -o requirements-test.txt --python-version 3.11 --no-header
+
+clean:
+	rm -rf $(VENV) reports mlflow.db mlruns .pytest_cache

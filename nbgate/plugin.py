@@ -1,0 +1,327 @@
+"""The pytest plugin: declared notebooks become cases; a fixture runs notebooks from tests.
+
+Collection must stay cheap (thousands of cases, no heavy imports): this module imports only
+the standard library, pytest and nbgate's light modules; kernels, nbformat and papermill are
+imported when a case runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbgate import hookspecs
+from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
+from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
+from nbgate.gpu import missing_gpu_reason, visible_cuda_devices
+from nbgate.render import render_failure
+from nbgate.result import CaseResult, Failure
+from nbgate.thresholds import parse_rule
+
+RESULTS_ATTRIBUTE = "nbgate_results"  # on call-phase reports; survives xdist serialisation
+
+
+@dataclass
+class NbgateState:
+    config: NbgateConfig | None
+    root: Path
+    reports: Path
+    runner: CaseRunner
+    require_gpu: bool
+    in_ci: bool
+    cases_by_notebook: dict[str, list[Case]] = field(default_factory=dict)
+
+    def spec_for(self, case: Case) -> CaseSpec:
+        assert self.config is not None
+        pipeline = case.pipeline
+        return CaseSpec(
+            case_id=case.id,
+            notebook=pipeline.notebook,
+            kind=pipeline.kind,
+            runner=case.runner.name,
+            slug=case.slug,
+            parameters=self.config.parameters_for(case, self.in_ci),
+            thresholds=pipeline.thresholds,
+            timeout=pipeline.timeout,
+            outputs=pipeline.outputs,
+            experiment=pipeline.experiment,
+            version=pipeline.version,
+        )
+
+
+state_key = pytest.StashKey[NbgateState]()
+results_key = pytest.StashKey[list[CaseResult]]()
+next_item_key = pytest.StashKey[pytest.Item | None]()
+
+
+def get_state(config: pytest.Config) -> NbgateState:
+    return config.stash[state_key]
+
+
+def reports_dir(config: pytest.Config) -> Path:
+    """Where nbgate writes reports for this session (the reporting plugin writes there too)."""
+    return get_state(config).reports
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nbgate", "notebook pipelines (nbgate)")
+    group.addoption(
+        "--nbgate-require-gpu",
+        action="store_true",
+        default=os.environ.get("NBGATE_REQUIRE_GPU", "").lower() in ("1", "true", "yes"),
+        help="fail GPU cases when no CUDA GPU is visible instead of skipping them "
+        "(also NBGATE_REQUIRE_GPU=1)",
+    )
+    group.addoption(
+        "--nbgate-commit",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="MESSAGE",
+        help="keep only the cases a commit title 'train <path>...' or 'score <path>...' names "
+        "(default: $CI_COMMIT_MESSAGE; in scheduled pipelines TRAINING_NOTEBOOK/SCORING_NOTEBOOK)",
+    )
+    group.addoption(
+        "--nbgate-reports",
+        default=None,
+        metavar="DIR",
+        help="folder for reports and executed notebooks (default: [tool.nbgate] reports)",
+    )
+
+
+def _pyproject(config: pytest.Config) -> Path:
+    inipath = config.inipath
+    if inipath is not None and inipath.name == "pyproject.toml":
+        return inipath
+    return config.rootpath / "pyproject.toml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        nbgate_config = load_config(_pyproject(config))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    root = nbgate_config.root if nbgate_config else config.rootpath
+    reports = Path(
+        config.getoption("nbgate_reports")
+        or (nbgate_config.reports if nbgate_config else root / "reports")
+    ).resolve()
+    state = NbgateState(
+        config=nbgate_config,
+        root=root,
+        reports=reports,
+        runner=CaseRunner(root, reports, config.hook),
+        require_gpu=config.getoption("nbgate_require_gpu"),
+        in_ci=bool(os.environ.get("CI")),
+    )
+    config.stash[state_key] = state
+    config.addinivalue_line("markers", "train: a declared training notebook case (nbgate)")
+    config.addinivalue_line("markers", "score: a declared scoring notebook case (nbgate)")
+    if nbgate_config is None:
+        return
+    for name, runner in nbgate_config.runners.items():
+        where = "a CUDA GPU" if runner.gpu else "the CPU"
+        config.addinivalue_line("markers", f"{name}: a notebook case on runner {name} ({where})")
+    for case in nbgate_config.cases():
+        state.cases_by_notebook.setdefault(case.pipeline.notebook, []).append(case)
+    # MLflow run per case (declared and run_notebook ones); `-p no:nbgate-tracking` turns it off.
+    from nbgate.tracking import PLUGIN_NAME, Tracker
+
+    if not config.pluginmanager.is_blocked(PLUGIN_NAME):
+        config.pluginmanager.register(Tracker(root, nbgate_config.tracking_optional), PLUGIN_NAME)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is not None:
+        state.runner.close()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix != ".ipynb" or parent.config.getoption("nbmake", False):
+        return None  # with --nbmake, nbmake runs every notebook with its own defaults
+    state = parent.config.stash.get(state_key, None)
+    if state is None or not state.cases_by_notebook:
+        return None
+    try:
+        rel = file_path.relative_to(state.root).as_posix()
+    except ValueError:
+        return None
+    if rel not in state.cases_by_notebook:
+        return None
+    return NotebookFile.from_parent(parent, path=file_path)
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    message = config.getoption("nbgate_commit")
+    state = get_state(config)
+    if message is None or state.config is None:
+        return
+    from nbgate.commit_select import SelectionError, selection_for
+
+    try:
+        selection = selection_for(state.config, message or None, os.environ)
+    except SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    kept, dropped = [], []
+    for item in items:
+        if isinstance(item, NotebookCase) and not selection.keeps(item.case):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(selection.describe())
+
+
+class NotebookFile(pytest.File):
+    def collect(self) -> Iterator[NotebookCase]:
+        state = get_state(self.config)
+        rel = self.path.relative_to(state.root).as_posix()
+        for case in state.cases_by_notebook.get(rel, []):
+            yield NotebookCase.from_parent(self, name=case.name, case=case)
+
+
+class NotebookCase(pytest.Item):
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+        self.add_marker(case.pipeline.kind)
+        self.add_marker(case.runner.name)
+
+    def runtest(self) -> None:
+        state = get_state(self.config)
+        spec = state.spec_for(self.case)
+        if self.case.runner.gpu and not visible_cuda_devices():
+            result = CaseResult(spec.case_id, spec.notebook, spec.kind, spec.runner, "skipped")
+            reason = missing_gpu_reason()
+            if state.require_gpu:
+                result.outcome = "failed"
+                result.failure = Failure(
+                    "gpu_missing",
+                    reason.split(";")[0] + " and a GPU is "
+                    "required (--nbgate-require-gpu / NBGATE_REQUIRE_GPU)",
+                )
+                _remember(self, result)
+                raise CaseFailed(result)
+            result.skip_reason = reason
+            _remember(self, result)
+            pytest.skip(reason)
+        result = state.runner.run(spec, prestart_next=self._prestart_next(state))
+        _remember(self, result)
+        if not result.passed:
+            raise CaseFailed(result)
+
+    def _prestart_next(self, state: NbgateState) -> Callable[[], None] | None:
+        following = self.stash.get(next_item_key, None)
+        if not isinstance(following, NotebookCase):
+            return None
+        if following.case.runner.gpu and not visible_cuda_devices():
+            return None  # it will be skipped; a kernel started for it would be wasted
+        return state.runner.prestart
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        # The domain heads the failure section, so it is the full case id. pytest rewrites dots
+        # as "::" in verbose lines whose node id ends with the domain; the trailing space keeps
+        # it from matching, so those lines show the node id untouched.
+        return self.path, None, f"{self.case.id} "
+
+
+def _remember(item: pytest.Item, result: CaseResult) -> None:
+    item.stash.setdefault(results_key, []).append(result)
+    for name, value in result.metrics.items():
+        item.user_properties.append((name, value))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, Any]:
+    # Only here does pytest (and xdist's worker loop) say which item runs next in this process.
+    item.stash[next_item_key] = nextitem
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "call":
+        results = item.stash.get(results_key, [])
+        setattr(report, RESULTS_ATTRIBUTE, [r.to_dict() for r in results])
+        if call.excinfo is not None and isinstance(call.excinfo.value, CaseFailed):
+            report.longrepr = render_failure(call.excinfo.value.result)
+    return report
+
+
+def results_from_report(report: pytest.TestReport) -> list[CaseResult]:
+    """The case results a (possibly xdist-transported) report carries."""
+    return [CaseResult.from_dict(d) for d in getattr(report, RESULTS_ATTRIBUTE, None) or []]
+
+
+@pytest.fixture
+def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
+    """Run a notebook from a test; failures render like declared cases, results reach the reports.
+
+    ``run_notebook("notebooks/x.ipynb", parameters={...}, thresholds={"auc": ">= 0.9"})``
+    returns the CaseResult and raises (failing the test) when the notebook or a rule failed,
+    unless ``check=False``.
+    """
+    state = get_state(request.config)
+    calls = 0
+
+    def run(
+        notebook: str | Path,
+        *,
+        parameters: dict[str, Any] | None = None,
+        thresholds: dict[str, str] | None = None,
+        timeout: float | None = None,
+        runner: str = "cpu",
+        check: bool = True,
+    ) -> CaseResult:
+        nonlocal calls
+        calls += 1
+        path = Path(notebook)
+        path = path if path.is_absolute() else state.root / path
+        try:
+            rel = path.resolve().relative_to(state.root.resolve()).as_posix()
+        except ValueError:
+            rel = str(path)
+        suffix = f"#{calls}" if calls > 1 else ""
+        case_id = f"{request.node.nodeid}{suffix}"
+        try:
+            rules = tuple(parse_rule(k, v) for k, v in (thresholds or {}).items())
+        except ValueError as exc:
+            raise pytest.UsageError(f"run_notebook({rel!r}): thresholds: {exc}") from None
+        spec = CaseSpec(
+            case_id=case_id,
+            notebook=rel,
+            kind="custom",
+            runner=runner,
+            slug=slugify(case_id.replace("::", "-")),
+            parameters=parameters or {},
+            thresholds=rules,
+            timeout=timeout or (state.config.timeout if state.config else DEFAULT_TIMEOUT),
+        )
+        result = state.runner.run(spec)
+        _remember(request.node, result)
+        if check and not result.passed:
+            raise CaseFailed(result)
+        return result
+
+    return run

@@ -1,0 +1,67 @@
+"""Building throwaway nbgate projects for tests: a pyproject and small notebooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def write_notebook(path: Path, cells: Sequence[str], *, parameters: str | None = "x = 1") -> Path:
+    """A notebook whose first cell (tagged 'parameters') holds ``parameters``, then ``cells``."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    code = ([parameters] if parameters is not None else []) + [textwrap.dedent(c) for c in cells]
+    nb = new_notebook(cells=[new_code_cell(source) for source in code])
+    if parameters is not None:
+        nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def write_pyproject(root: Path, nbgate_table: str, *, testpaths: str = '["notebooks"]') -> Path:
+    """pyproject.toml with ``nbgate_table`` (TOML below a [tool.nbgate] header)."""
+    path = root / "pyproject.toml"
+    path.write_text(
+        f"[tool.pytest.ini_options]\ntestpaths = {testpaths}\n\n"
+        f"[tool.nbgate]\n{textwrap.dedent(nbgate_table)}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_pytest(
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """pytest in a fresh interpreter inside ``root``, as a user would run it there."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("PYTEST_XDIST_WORKER", None)
+    environment.pop("PYTEST_XDIST_WORKER_COUNT", None)
+    environment.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def junit_cases(path: Path) -> dict[str, ET.Element]:
+    """pytest's own --junitxml testcases by node id (classname + name)."""
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        cases[case.get("name", "")] = case
+    return cases
