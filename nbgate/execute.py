@@ -140,14 +140,15 @@ def cell_failure(nb: NotebookNode, index: int) -> Failure:
     error = next((o for o in reversed(cell.get("outputs", [])) if o.output_type == "error"), None)
     if error is None:
         return _located(nb, index, "cell_error", f"cell {index} failed")
-    ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
+    ename = strip_ansi(error.get("ename", "Error"))
+    evalue = strip_ansi(error.get("evalue", ""))
     traceback = strip_ansi("\n".join(error.get("traceback", [])))
     first_line = evalue.splitlines()[0] if evalue else ""
     return Failure(
         kind="cell_error",
         message=f"{ename} in cell {index}: {first_line}".rstrip(": "),
         cell_index=index,
-        source=source_excerpt(cell.source, _failing_line(traceback)),
+        source=source_excerpt(cell.source, _failing_line(traceback, cell.source)),
         exception=f"{ename}: {evalue}" if evalue else ename,
         traceback=traceback,
     )
@@ -163,9 +164,18 @@ def _located(nb: NotebookNode, index: int, kind: str, message: str) -> Failure:
     )
 
 
-def _failing_line(traceback: str) -> int | None:
+def _failing_line(traceback: str, source: str) -> int | None:
+    """The failing line in the cell's own numbering.
+
+    IPython drops a cell's leading blank lines before compiling, so its "line N" counts from
+    the first non-blank line.
+    """
     matches = _CELL_LINE.findall(traceback)
-    return int(matches[-1]) if matches else None
+    if not matches:
+        return None
+    lines = source.splitlines()
+    leading_blank = next((i for i, text in enumerate(lines) if text.strip()), len(lines))
+    return int(matches[-1]) + leading_blank
 
 
 def source_excerpt(source: str, line: int | None = None) -> str:

@@ -1,0 +1,1 @@
+"""The reporting plugin: JUnit, summary, metrics files, and publishing to GitLab."""

@@ -1,0 +1,424 @@
+"""Shared formatting for every human-facing report: summary.md, terminal, MR comment, wiki.
+
+Everything here is a pure function of CaseResult data; nothing reads files or the environment.
+The publishing code (``nbgate publish mr/wiki``) builds its bodies from these pieces, so the
+reports agree with one another on how a number, a delta or an outcome looks.
+
+Public API (all documented below):
+
+    fmt_number(value)                  4 significant digits ("0.9931", "114", "NaN", "–")
+    fmt_delta(value, base)             change against a baseline ("+0.0042", "−0.0010", "±0")
+    fmt_duration(seconds)              "41.2 s", "3 min 05 s"
+    fmt_rule(rule)                     ">= 0.95" -> "≥ 0.95"
+    threshold_mark(passed)             "✅" / "❌"
+    outcome_label(result)              "✅ passed", "❌ failed: ValueError in cell 7",
+                                       "⏭ skipped: no CUDA GPU visible"
+    short_reason(text)                 the first clause of a reason, clipped for a table cell
+    clean_text(text)                   ANSI codes and control characters removed
+    md_cell(text)                      text made safe for a markdown table cell
+    md_safe(body)                      a whole markdown body made safe to post (no quick actions)
+    metric_names(results)              the metric columns, in first-recorded order
+    metric_cell(value, check, delta)   "**0.91** ≥ 0.95 ❌ (−0.0042)"
+    case_table(results, ...)           the case table as GitHub/GitLab markdown (tabulate)
+    failure_details(result)            a collapsed <details> block with the failure text
+    figures_markdown(results, ...)     image links for recorded figures
+    verdict(results)                   "❌ 1 failed · ✅ 2 passed · ⏭ 1 skipped"
+    overall_mark(results)              one headline mark: ❌ any failed, ✅ some passed, else ⏭
+    counts(results)                    {"failed": n, "passed": n, "skipped": n}
+    rule_checks_text(result, ...)      plain-text metrics vs rules (the terminal line)
+    run_link_markdown(result)          "[run](url)" to the case's MLflow run
+    mlflow_hint(results, cwd)          "mlflow ui --backend-store-uri sqlite:///mlflow.db" / a URL
+    display_path(path, cwd)            a path relative to cwd when inside it
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tabulate import tabulate
+
+from nbgate.redact import strip_ansi
+from nbgate.render import render_failure
+from nbgate.result import CaseResult, ThresholdCheck
+
+if TYPE_CHECKING:
+    from reporting.baseline import Comparison, MetricDelta
+
+PASS_MARK = "✅"
+FAIL_MARK = "❌"
+SKIP_MARK = "⏭"
+MISSING = "–"  # en dash: a value that does not exist (not a zero)
+MINUS = "−"  # U+2212, for deltas as in the design; values keep the ASCII "-" (copy-paste)
+
+OUTCOME_MARKS = {"passed": PASS_MARK, "failed": FAIL_MARK, "skipped": SKIP_MARK}
+_RULE_OPS = {">=": "≥", "<=": "≤", "==": "="}
+# Control characters XML 1.0 and most renderers reject; \t \n \r are kept.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # ESC ] ... BEL: titles, hyperlinks
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+def fmt_number(value: float | None) -> str:
+    """A metric value for reading: 4 significant digits; exact values stay in metrics.json.
+
+    Whole numbers print as integers ("114"), large ones are rounded to integers ("12346"),
+    tiny ones use an exponent ("1.235e-05"); None is "–", NaN is "NaN", infinities "inf"/"-inf".
+    """
+    if value is None:
+        return MISSING
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if 1e4 <= abs(value) < 1e15:
+        return str(round(value))
+    return f"{value:#.4g}".rstrip(".")  # "1234." -> "1234"
+
+
+def _decimals(magnitude: float) -> int:
+    """Decimals that show 4 significant digits of a number of this size (0 for >= 1000)."""
+    if magnitude == 0 or not math.isfinite(magnitude):
+        return 0
+    return min(12, max(0, 3 - math.floor(math.log10(magnitude))))
+
+
+def fmt_delta(value: float | None, base: float | None) -> str:
+    """``value - base`` at the precision the values are shown with: "+0.0042", "−0.0010", "±0".
+
+    The number of decimals follows the larger of the two values (0.9931 vs 0.9889 -> 4 decimals)
+    and is 0 when both are whole numbers (114 vs 110 -> "+4"); a change too small to show at that
+    precision is "±0". Returns "n/a" when either side is missing or not finite.
+    """
+    if value is None or base is None or not (math.isfinite(value) and math.isfinite(base)):
+        return "n/a"
+    diff = value - base
+    whole = float(value).is_integer() and float(base).is_integer()
+    decimals = 0 if whole else _decimals(max(abs(value), abs(base)))
+    text = f"{abs(diff):.{decimals}f}"
+    if diff == 0 or float(text) == 0:
+        return "±0"
+    return ("+" if diff > 0 else MINUS) + text
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A case's wall time: "0.8 s", "41.2 s", "3 min 05 s", "1 h 02 min"; None is "–"."""
+    if seconds is None or not math.isfinite(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def fmt_rule(rule: str) -> str:
+    """A normalised threshold rule for reading: ">= 0.95" -> "≥ 0.95", "== 1" -> "= 1"."""
+    op, _, rest = rule.strip().partition(" ")
+    return f"{_RULE_OPS.get(op, op)} {rest}".strip()
+
+
+def threshold_mark(passed: bool) -> str:
+    """The pass/fail mark shown next to a rule: "✅" or "❌"."""
+    return PASS_MARK if passed else FAIL_MARK
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """``text`` without ANSI escape sequences or control characters (tab and newlines stay)."""
+    return _CONTROL.sub("", strip_ansi(_OSC.sub("", text)))
+
+
+def short_reason(text: str | None, limit: int = 60) -> str:
+    """The first clause of a reason or failure message, at most ``limit`` characters.
+
+    "no CUDA GPU visible: run it on ..." -> "no CUDA GPU visible";
+    "ValueError in cell 1: bad input" -> "ValueError in cell 1".
+    """
+    if not text:
+        return ""
+    line = " ".join(clean_text(text).split())
+    for sep in (": ", "; "):
+        cut = line.find(sep)
+        if cut >= 8:
+            line = line[:cut]
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def md_cell(text: object) -> str:
+    """Text made safe for one markdown table cell (GitLab/GitHub flavour).
+
+    ANSI and control characters are removed, newlines flattened to spaces, backslashes and ``|``
+    escaped (a raw pipe would split the cell), ``<`` written as ``&lt;`` (no HTML, and no fake
+    ``<!-- nbgate:... -->`` markers), and a leading ``/`` escaped so the text never starts a
+    GitLab quick action when reused outside a table.
+    """
+    value = " ".join(clean_text(str(text)).split())
+    value = value.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    if value.startswith("/"):
+        value = "\\" + value
+    return value
+
+
+def md_safe(body: str) -> str:
+    """A markdown body made safe to post as a GitLab note or wiki page.
+
+    No line may start with ``/`` (GitLab would run it as a quick action such as ``/close``):
+    outside fenced code such a line gets a backslash (it still renders as "/"), inside fenced
+    code a leading space. ANSI and control characters are removed.
+    """
+    out, fenced = [], False
+    for line in clean_text(body).split("\n"):
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif line.startswith("/"):
+            line = (" " if fenced else "\\") + line
+        out.append(line)
+    return "\n".join(out)
+
+
+def _html(text: str) -> str:
+    flat = " ".join(clean_text(text).split())
+    return flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- outcomes and metrics --------------------------------------------------------------------
+
+
+def outcome_label(result: CaseResult, *, reason_limit: int = 60) -> str:
+    """Mark, outcome and (for failed and skipped cases) the short reason, as plain text.
+
+    "✅ passed", "❌ failed: ValueError in cell 7", "⏭ skipped: no CUDA GPU visible".
+    Pass it through ``md_cell`` before putting it in markdown.
+    """
+    label = f"{OUTCOME_MARKS.get(result.outcome, '?')} {result.outcome}"
+    if result.outcome == "skipped" and result.skip_reason:
+        reason = short_reason(result.skip_reason, reason_limit)
+    elif result.outcome == "failed" and result.failure:
+        reason = short_reason(result.failure.message, reason_limit)
+    else:
+        reason = ""
+    return f"{label}: {reason}" if reason else label
+
+
+def metric_names(results: Iterable[CaseResult]) -> list[str]:
+    """Every metric recorded or checked by ``results``, in first-seen order (recording order),
+    metrics that only appear as an unrecorded threshold last."""
+    names: dict[str, None] = {}
+    results = list(results)
+    for result in results:
+        names.update(dict.fromkeys(result.metrics))
+    for result in results:
+        names.update(dict.fromkeys(c.metric for c in result.thresholds))
+    return list(names)
+
+
+def metric_cell(
+    value: float | None,
+    check: ThresholdCheck | None = None,
+    delta: MetricDelta | None = None,
+    *,
+    markdown: bool = True,
+) -> str:
+    """One metric as shown in a table: value, rule + mark when a rule exists, delta when known.
+
+    "0.9931 ≥ 0.95 ✅ (+0.0042)", "**0.91** ≥ 0.95 ❌", "0.9580 (−0.0010)", "– ≥ 0.95 ❌".
+    A failing value is bold in markdown. With ``markdown=False`` no emphasis is added.
+    """
+    text = fmt_number(value)
+    if check is not None:
+        if not check.passed and markdown and value is not None:
+            text = f"**{text}**"
+        text += f" {fmt_rule(check.rule)} {threshold_mark(check.passed)}"
+    if delta is not None and delta.text:
+        text += f" ({delta.text})"
+    return text
+
+
+def _checks(result: CaseResult) -> dict[str, ThresholdCheck]:
+    return {c.metric: c for c in result.thresholds}
+
+
+def case_table(
+    results: Sequence[CaseResult],
+    *,
+    comparison: Comparison | None = None,
+    metrics: Sequence[str] | None = None,
+    case_label: Callable[[CaseResult], str] | None = None,
+    run_link: bool = True,
+    reason_limit: int = 60,
+) -> str:
+    """The case table as markdown (tabulate, "github" format; GitLab renders it the same).
+
+    Columns: case, runner, outcome, time, one per metric (``metrics``, default ``metric_names``),
+    and "MLflow" when ``run_link`` and some result has a tracking run. A metric cell shows the
+    value, the rule and its mark when a threshold exists, and the change against the baseline when
+    ``comparison`` (from ``reporting.baseline.apply_baseline``) knows the case; an absent metric
+    is "–". ``case_label`` picks what the case column shows (default: the case id). Every cell
+    goes through ``md_cell``. Returns "" for no results.
+    """
+    if not results:
+        return ""
+    names = list(metrics) if metrics is not None else metric_names(results)
+    label = case_label or (lambda r: r.case_id)
+    links = run_link and any(r.tracking for r in results)
+    headers = ["case", "runner", "outcome", "time", *names] + (["MLflow"] if links else [])
+    rows = []
+    for result in results:
+        checks = _checks(result)
+        deltas = (comparison or {}).get(result.case_id, {})
+        skipped = result.outcome == "skipped"
+        row = [
+            md_cell(label(result)),
+            md_cell(result.runner),
+            md_cell(outcome_label(result, reason_limit=reason_limit)),
+            MISSING if skipped and not result.duration_s else fmt_duration(result.duration_s),
+        ]
+        for name in names:
+            if skipped or (name not in result.metrics and name not in checks):
+                row.append(MISSING)
+            else:
+                row.append(md_cell(metric_cell(result.metrics.get(name), checks.get(name),
+                                               deltas.get(name))))
+        if links:
+            row.append(run_link_markdown(result))
+        rows.append(row)
+    return tabulate(rows, headers=[md_cell(h) for h in headers], tablefmt="github",
+                    disable_numparse=True)
+
+
+def run_link_markdown(result: CaseResult) -> str:
+    """"[run](url)" for the case's MLflow run, its short id when there is no URL, else "–"."""
+    tracking = result.tracking
+    if tracking is None:
+        return MISSING
+    if tracking.url and tracking.url.startswith(("http://", "https://")):
+        return f"[run]({tracking.url.replace(')', '%29').replace(' ', '%20')})"
+    return f"`{md_cell(tracking.run_id[:8])}`"
+
+
+def failure_details(result: CaseResult, *, max_chars: int = 6000) -> str:
+    """A collapsed block with the failure text (``nbgate.render.render_failure``) for a failed
+    case, "" otherwise. The text is an indented code block, so nothing in a traceback renders as
+    markdown or starts a quick action; it is cut at ``max_chars`` (the executed notebook has all).
+    """
+    if result.outcome != "failed":
+        return ""
+    message = result.failure.message if result.failure else "failed"
+    text = clean_text(render_failure(result))
+    if len(text) > max_chars:
+        text = text[:max_chars].rstrip() + "\n… (cut; see the executed notebook)"
+    body = "\n".join("    " + line if line.strip() else "" for line in text.splitlines())
+    summary = f"{FAIL_MARK} {_html(result.case_id)} — {_html(short_reason(message, 120))}"
+    return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
+
+
+def figures_markdown(
+    results: Iterable[CaseResult], url_for: Callable[[str], str] | None = None
+) -> str:
+    """Image links for every recorded figure, one line per case ("" when there are none).
+
+    ``url_for`` maps a figure path (as in ``CaseResult.figures``, repository-relative) to the
+    link to use: a path relative to the markdown file, or an uploaded file's URL.
+    """
+    lines = []
+    for result in results:
+        if not result.figures:
+            continue
+        images = " ".join(
+            f"![{md_cell(name)}]({(url_for or str)(path).replace(' ', '%20')})"
+            for name, path in result.figures.items()
+        )
+        lines.append(f"{md_cell(result.case_id)}: {images}")
+    return "\n\n".join(lines)
+
+
+def counts(results: Iterable[CaseResult]) -> dict[str, int]:
+    """How many results ended in each outcome: {"failed": n, "passed": n, "skipped": n}."""
+    tally = {"failed": 0, "passed": 0, "skipped": 0}
+    for result in results:
+        tally[result.outcome] = tally.get(result.outcome, 0) + 1
+    return tally
+
+
+def verdict(results: Iterable[CaseResult]) -> str:
+    """The outcome counts, worst first: "❌ 1 failed · ✅ 2 passed · ⏭ 1 skipped" ("no cases")."""
+    parts = [f"{OUTCOME_MARKS.get(k, '?')} {n} {k}" for k, n in counts(results).items() if n]
+    return " · ".join(parts) or "no cases"
+
+
+def overall_mark(results: Iterable[CaseResult]) -> str:
+    """❌ when any case failed, ✅ when at least one passed and none failed, else ⏭."""
+    tally = counts(results)
+    if tally["failed"]:
+        return FAIL_MARK
+    return PASS_MARK if tally["passed"] else SKIP_MARK
+
+
+def rule_checks_text(
+    result: CaseResult, comparison: Comparison | None = None, *, max_metrics: int = 6
+) -> str:
+    """Plain-text metrics vs rules for one case (the terminal line):
+    "roc_auc 0.9931 ≥ 0.95  log_loss 0.3 ≤ 0.25 ✗ (+0.0100)".
+
+    Only metrics with a rule are listed; a case without rules lists its first ``max_metrics``
+    recorded metrics. Deltas are added when ``comparison`` knows them.
+    """
+    checks = _checks(result)
+    deltas = (comparison or {}).get(result.case_id, {})
+    names = list(checks) or list(result.metrics)[:max_metrics]
+    parts = []
+    for name in names:
+        text = f"{name} {fmt_number(result.metrics.get(name))}"
+        check = checks.get(name)
+        if check is not None:
+            text += f" {fmt_rule(check.rule)}" + ("" if check.passed else " ✗")
+        delta = deltas.get(name)
+        if delta is not None and delta.text:
+            text += f" ({delta.text})"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+_SQLITE = "sqlite:///"
+
+
+def mlflow_hint(results: Sequence[CaseResult], cwd: Path) -> str | None:
+    """How to look at the cases' MLflow runs: the ``mlflow ui`` command for a local store,
+    the first run's URL for a server; None when no result was tracked."""
+    tracked = [r.tracking for r in results if r.tracking is not None]
+    if not tracked:
+        return None
+    for tracking in tracked:
+        uri = tracking.tracking_uri or ""
+        if uri.startswith(_SQLITE):
+            db = Path(uri[len(_SQLITE):])
+            shown = display_path(db, cwd) if db.is_absolute() else db.as_posix()
+            return f"mlflow ui --backend-store-uri {_SQLITE}{shown}"
+    for tracking in tracked:
+        if tracking.url:
+            return tracking.url
+    uri = tracked[0].tracking_uri
+    return f"tracking URI {uri}" if uri else f"run {tracked[0].run_id}"
+
+
+def display_path(path: Path, cwd: Path) -> str:
+    """``path`` relative to ``cwd`` when it lies inside it, else as it is (POSIX separators)."""
+    try:
+        rel = os.path.relpath(path, cwd)
+    except ValueError:  # another drive on Windows
+        return path.as_posix()
+    return Path(rel).as_posix() if not rel.startswith("..") else path.as_posix()

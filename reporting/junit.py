@@ -1,0 +1,122 @@
+"""``junit.xml`` for GitLab's test report widget: one testcase per case result.
+
+GitLab reads name/classname/file/time, failure/error/skipped and system-out (where
+``[[ATTACHMENT|path]]`` links a file from the job's artifacts, shown for failed tests). It keeps
+only the first of same-named tests and breaks on ANSI codes, so names are unique case ids and
+every text is cleaned: no ANSI, nothing XML 1.0 cannot hold.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nbgate.render import render_failure
+from nbgate.result import CaseResult
+from reporting.format import clean_text, fmt_rule
+from reporting.metrics_file import write_text_atomic
+
+SUITE_NAME = "nbgate"
+MAX_BODY_CHARS = 64_000  # per failure; GitLab's limit is 30 MB a file, the notebook has the rest
+# Characters XML 1.0 cannot hold at all (control characters, surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ERROR_KINDS = ("harness",)  # nbgate itself broke: an <error>, not a <failure> of the notebook
+
+
+def xml_text(text: object) -> str:
+    """Text fit for an XML 1.0 attribute or element: no ANSI codes, no invalid characters."""
+    return _NOT_XML.sub("", clean_text(str(text)))
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    return repr(float(value)) if math.isfinite(value) else str(value).replace("nan", "NaN")
+
+
+def _properties(result: CaseResult) -> list[tuple[str, str]]:
+    props = [("nbgate.kind", result.kind), ("nbgate.runner", result.runner),
+             ("nbgate.notebook", result.notebook)]
+    props += [(f"metric.{name}", _number(value)) for name, value in result.metrics.items()]
+    for check in result.thresholds:
+        verdict = "passed" if check.passed else "failed"
+        if not check.passed and check.reason:
+            verdict += f": {check.reason}"
+        props.append((f"threshold.{check.metric}", f"{fmt_rule(check.rule)} ({verdict})"))
+    if result.tracking is not None:
+        props.append(("mlflow.run_id", result.tracking.run_id))
+        if result.tracking.url:
+            props.append(("mlflow.url", result.tracking.url))
+    if result.executed_notebook:
+        props.append(("nbgate.executed_notebook", result.executed_notebook))
+    props += [(f"figure.{name}", path) for name, path in result.figures.items()]
+    return props
+
+
+def _testcase(result: CaseResult) -> ET.Element:
+    case = ET.Element("testcase", {
+        "name": xml_text(result.case_id),
+        "classname": xml_text(result.notebook.replace("/", ".") or result.case_id),
+        "file": xml_text(result.notebook),
+        "time": f"{max(result.duration_s, 0.0):.3f}",
+    })
+    props = _properties(result)
+    if props:
+        holder = ET.SubElement(case, "properties")
+        for name, value in props:
+            ET.SubElement(holder, "property", {"name": xml_text(name), "value": xml_text(value)})
+    if result.outcome == "failed":
+        failure = result.failure
+        kind = failure.kind if failure else "failure"
+        tag = "error" if kind in _ERROR_KINDS else "failure"
+        body = xml_text(render_failure(result))
+        if len(body) > MAX_BODY_CHARS:
+            body = body[:MAX_BODY_CHARS] + "\n... (cut; see the executed notebook)"
+        element = ET.SubElement(case, tag, {
+            "message": xml_text(failure.message if failure else "failed"),
+            "type": xml_text(kind),
+        })
+        element.text = body
+    elif result.outcome == "skipped":
+        ET.SubElement(case, "skipped", {"message": xml_text(result.skip_reason or "skipped")})
+    if result.executed_notebook:
+        out = ET.SubElement(case, "system-out")
+        out.text = xml_text(f"[[ATTACHMENT|{result.executed_notebook}]]")
+    return case
+
+
+def build_junit(
+    results: Sequence[CaseResult], *, now: datetime | None = None, hostname: str | None = None
+) -> ET.Element:
+    """The ``<testsuites>`` element: one testsuite "nbgate", one testcase per result."""
+    failures = sum(1 for r in results if r.outcome == "failed"
+                   and not (r.failure and r.failure.kind in _ERROR_KINDS))
+    errors = sum(1 for r in results if r.outcome == "failed") - failures
+    skipped = sum(1 for r in results if r.outcome == "skipped")
+    total = f"{sum(max(r.duration_s, 0.0) for r in results):.3f}"
+    counts = {"tests": str(len(results)), "failures": str(failures), "errors": str(errors),
+              "skipped": str(skipped), "time": total}
+    root = ET.Element("testsuites", {"name": SUITE_NAME, **counts})
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    suite = ET.SubElement(root, "testsuite", {
+        "name": SUITE_NAME, **counts, "timestamp": stamp,
+        "hostname": xml_text(hostname if hostname is not None else socket.gethostname()),
+    })
+    suite.extend(_testcase(r) for r in results)
+    return root
+
+
+def junit_xml(results: Sequence[CaseResult], **kwargs: object) -> str:
+    """junit.xml as text (UTF-8 declaration, indented)."""
+    root = build_junit(results, **kwargs)  # type: ignore[arg-type]
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(path: Path, results: Sequence[CaseResult]) -> Path:
+    return write_text_atomic(path, junit_xml(results))

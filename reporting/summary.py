@@ -1,0 +1,102 @@
+"""``summary.md``: the run for a human reader, verdict first, then the case table and details."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nbgate.ci_context import CIContext
+from nbgate.result import CaseResult
+from reporting.baseline import Baseline, apply_baseline, baseline_line
+from reporting.format import (
+    case_table,
+    failure_details,
+    figures_markdown,
+    md_cell,
+    md_safe,
+    mlflow_hint,
+    verdict,
+)
+
+
+def render_summary(
+    results: Sequence[CaseResult],
+    *,
+    pipeline: CIContext | None = None,
+    baseline: Baseline | None = None,
+    baseline_reason: str | None = None,
+    interrupted: bool = False,
+    not_run: Sequence[str] = (),
+    link_for: Callable[[str], str] = str,
+    root: Path | None = None,
+) -> str:
+    """The markdown of summary.md.
+
+    ``baseline_reason`` says why there is no baseline (when ``baseline`` is None); ``not_run``
+    lists collected cases that never reported (an interrupted session); ``link_for`` turns a
+    repository-relative path (figure, executed notebook) into a link relative to summary.md;
+    ``root`` (the repository root) lets a local MLflow store's ``mlflow ui`` command be shown.
+    """
+    comparison = apply_baseline(results, baseline)
+    noun = "case" if len(results) == 1 else "cases"
+    parts = [f"# nbgate summary\n\n**{verdict(results)}** — {len(results)} {noun}"]
+    if interrupted:
+        line = "⚠️ **The session was interrupted**: these reports hold the cases that finished"
+        if not_run:
+            line += f"; {len(not_run)} did not run: {md_cell(', '.join(not_run))}"
+        parts.append(line + ".")
+    if results:
+        parts.append(case_table(results, comparison=comparison))
+        parts.append(baseline_line(baseline, results, baseline_reason))
+    else:
+        parts.append("No notebook case reported a result.")
+    failures = [failure_details(r) for r in results if r.outcome == "failed"]
+    if failures:
+        parts.append("## Failures\n\n" + "\n\n".join(failures))
+    figures = figures_markdown(results, link_for)
+    if figures:
+        parts.append("## Figures\n\n" + figures)
+    parts.append(_links(results, pipeline, link_for, root))
+    return md_safe("\n\n".join(p for p in parts if p).rstrip() + "\n")
+
+
+def _links(
+    results: Sequence[CaseResult],
+    pipeline: CIContext | None,
+    link_for: Callable[[str], str],
+    root: Path | None,
+) -> str:
+    lines = []
+    if pipeline is not None and pipeline.ci:
+        bits = []
+        if pipeline.pipeline_id:
+            bits.append(_link(f"#{pipeline.pipeline_id}", pipeline.pipeline_url, "Pipeline "))
+        if pipeline.job_name:
+            bits.append(_link(pipeline.job_name, pipeline.job_url, "job "))
+        if pipeline.commit_short_sha:
+            bits.append(f"commit `{md_cell(pipeline.commit_short_sha)}`")
+        if bits:
+            lines.append("- " + ", ".join(bits))
+    runs = [r for r in results if r.tracking is not None]
+    for result in runs:
+        tracking = result.tracking
+        assert tracking is not None
+        target = _link(f"run {tracking.run_id}", tracking.url, "")
+        lines.append(f"- MLflow {md_cell(result.case_id)}: {target}")
+    hint = mlflow_hint(results, root) if root is not None else None
+    if hint and hint.startswith("mlflow ui"):
+        lines.append(f"- MLflow UI (local store, from the repository root): `{hint}`")
+    notebooks = [r for r in results if r.executed_notebook]
+    if notebooks:
+        links = ", ".join(
+            f"[{md_cell(r.case_id)}]({link_for(r.executed_notebook or '').replace(' ', '%20')})"
+            for r in notebooks
+        )
+        lines.append(f"- Executed notebooks: {links}")
+    return "## Links\n\n" + "\n".join(lines) if lines else ""
+
+
+def _link(text: str, url: str | None, prefix: str) -> str:
+    if url and url.startswith(("http://", "https://")):
+        return f"{prefix}[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
+    return f"{prefix}{md_cell(text)}"

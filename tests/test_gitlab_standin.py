@@ -1,0 +1,735 @@
+"""The GitLab stand-in, driven by the real python-gitlab client and plain requests over HTTP.
+
+These tests pin the behaviour that nbgate's publisher relies on (notes/gitlab.md), so that a
+client test passing against the stand-in means something for real GitLab.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from collections.abc import Iterator
+
+import gitlab
+import pytest
+import requests
+from gitlab.v4.objects import Project, ProjectMergeRequest
+
+try:  # same module object as conftest uses, whichever way pytest imported tests/
+    from tests.gitlab_standin import GitLabStandIn
+except ImportError:
+    from gitlab_standin import GitLabStandIn
+
+SHA = "a" * 40
+
+
+@pytest.fixture
+def gl(gitlab_standin: GitLabStandIn) -> gitlab.Gitlab:
+    return gitlab.Gitlab(
+        gitlab_standin.url, private_token=gitlab_standin.private_token, timeout=5
+    )
+
+
+@pytest.fixture
+def job_gl(gitlab_standin: GitLabStandIn) -> gitlab.Gitlab:
+    return gitlab.Gitlab(
+        gitlab_standin.url, job_token=gitlab_standin.job_token, timeout=5
+    )
+
+
+@pytest.fixture
+def project(gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn) -> Project:
+    return gl.projects.get(gitlab_standin.project_id, lazy=True)
+
+
+@pytest.fixture
+def mr(project: Project, gitlab_standin: GitLabStandIn) -> ProjectMergeRequest:
+    gitlab_standin.add_merge_request(7, source_branch="feature/x", sha=SHA)
+    return project.mergerequests.get(7, lazy=True)
+
+
+def api(standin: GitLabStandIn, path: str) -> str:
+    return f"{standin.api_url}/projects/{standin.project_id}{path}"
+
+
+def private_headers(standin: GitLabStandIn) -> dict[str, str]:
+    return {"PRIVATE-TOKEN": standin.private_token}
+
+
+# --------------------------------------------------------------------------- lifecycle and auth
+
+
+def test_context_manager_serves_on_loopback_and_stops() -> None:
+    with GitLabStandIn(project_id=5) as standin:
+        url = standin.url
+        assert url.startswith("http://127.0.0.1:")
+        response = requests.get(
+            f"{url}/api/v4/projects/5", headers=private_headers(standin), timeout=5
+        )
+        assert response.json()["id"] == 5
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/api/v4/version", timeout=2)
+
+
+def test_user_endpoint_reports_the_token_owner(
+    gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gl.auth()
+    assert gl.user is not None
+    assert (gl.user.id, gl.user.username) == (gitlab_standin.user.id, "nbgate-bot")
+    record = gitlab_standin.requests_to("/user")[-1]
+    assert record.token_header == "PRIVATE-TOKEN"
+    assert record.token_matched and record.token_kind == "private"
+    assert (
+        "private-token" in record.header_names
+        and "job-token" not in record.header_names
+    )
+
+
+def test_bearer_authorization_is_accepted(gitlab_standin: GitLabStandIn) -> None:
+    response = requests.get(
+        f"{gitlab_standin.api_url}/user",
+        headers={"Authorization": f"Bearer {gitlab_standin.private_token}"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert gitlab_standin.request_log[-1].token_header == "Authorization"
+
+
+def test_missing_and_unknown_tokens_get_401(gitlab_standin: GitLabStandIn) -> None:
+    missing = requests.get(f"{gitlab_standin.api_url}/user", timeout=5)
+    unknown = requests.get(
+        f"{gitlab_standin.api_url}/user", headers={"PRIVATE-TOKEN": "nope"}, timeout=5
+    )
+    assert (missing.status_code, missing.json()) == (
+        401,
+        {"message": "401 Unauthorized"},
+    )
+    assert unknown.status_code == 401
+    assert [r.token_matched for r in gitlab_standin.request_log] == [False, False]
+    bad = gitlab.Gitlab(gitlab_standin.url, private_token="nope", timeout=5)
+    with pytest.raises(gitlab.GitlabAuthenticationError):
+        bad.auth()
+
+
+def test_job_token_is_only_valid_in_the_job_token_header(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    response = requests.get(
+        api(gitlab_standin, "/packages"),
+        headers={"PRIVATE-TOKEN": gitlab_standin.job_token},
+        timeout=5,
+    )
+    assert response.status_code == 401
+
+
+def test_job_token_cannot_call_user(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        job_gl.auth()
+    assert caught.value.response_code == 403
+    record = gitlab_standin.request_log[-1]
+    assert (record.token_header, record.token_kind, record.status) == (
+        "JOB-TOKEN",
+        "job",
+        403,
+    )
+
+
+def test_unknown_project_and_project_path(
+    gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        gl.projects.get(999)
+    assert caught.value.response_code == 404
+    assert caught.value.error_message == "404 Project Not Found"
+    by_path = gl.projects.get("group/project")
+    assert by_path.id == gitlab_standin.project_id
+    assert gitlab_standin.request_log[-1].path.endswith("/projects/group%2Fproject")
+
+
+def test_token_without_project_access_sees_404(gitlab_standin: GitLabStandIn) -> None:
+    gitlab_standin.add_token(
+        "outsider-token", username="outsider", project_access=False
+    )
+    outsider = gitlab.Gitlab(
+        gitlab_standin.url, private_token="outsider-token", timeout=5
+    )
+    outsider.auth()
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        outsider.projects.get(gitlab_standin.project_id)
+    assert caught.value.response_code == 404
+
+
+def test_unknown_route_is_404_and_wrong_method_405(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    headers = private_headers(gitlab_standin)
+    assert (
+        requests.get(
+            api(gitlab_standin, "/nothing"), headers=headers, timeout=5
+        ).status_code
+        == 404
+    )
+    assert (
+        requests.delete(
+            api(gitlab_standin, "/uploads"), headers=headers, timeout=5
+        ).status_code
+        == 405
+    )
+
+
+# --------------------------------------------------------------------------- merge requests
+
+
+def test_merge_request_get_and_lookup_by_commit(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_merge_request(3, source_branch="feature", sha=SHA)
+    gitlab_standin.add_merge_request(2, source_branch="old", sha=SHA, state="merged")
+    assert project.mergerequests.get(3).source_branch == "feature"
+    commit = project.commits.get(SHA, lazy=True)
+    assert sorted(m["iid"] for m in commit.merge_requests()) == [2, 3]
+    assert [m["iid"] for m in commit.merge_requests(state="opened")] == [3]
+    with pytest.raises(gitlab.GitlabGetError) as bad_state:
+        commit.merge_requests(state="open")
+    assert bad_state.value.response_code == 400
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        project.mergerequests.get(99)
+    assert caught.value.error_message == "404 Merge Request Not Found"
+
+
+def test_commit_lookup_unknown_commit_and_commit_without_mr(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_commit("b" * 40)
+    assert project.commits.get("b" * 40, lazy=True).merge_requests() == []
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        project.commits.get("c" * 40, lazy=True).merge_requests()
+    assert caught.value.response_code == 404
+
+
+# --------------------------------------------------------------------------- notes
+
+
+def test_notes_default_to_newest_first_and_include_system_notes(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_note(7, "added 1 commit", author="alice", system=True)
+    gitlab_standin.seed_notes(7, 2, author="alice")
+    bodies = [n.body for n in mr.notes.list(get_all=True)]
+    assert bodies == ["note 2", "note 1", "added 1 commit"]
+    ascending = mr.notes.list(get_all=True, sort="asc", order_by="created_at")
+    assert [n.system for n in ascending] == [True, False, False]
+
+
+def test_notes_pagination_headers_and_absolute_link(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    gitlab_standin.add_merge_request(1)
+    gitlab_standin.seed_notes(1, 45)
+    response = requests.get(
+        api(gitlab_standin, "/merge_requests/1/notes"),
+        params={"sort": "asc", "page": 2},
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert [n["body"] for n in response.json()][:2] == ["note 21", "note 22"]
+    headers = response.headers
+    assert (headers["X-Page"], headers["X-Per-Page"], headers["X-Next-Page"]) == (
+        "2",
+        "20",
+        "3",
+    )
+    assert (headers["X-Total"], headers["X-Total-Pages"]) == ("45", "3")
+    next_url = response.links["next"]["url"]
+    assert next_url.startswith(
+        f"{gitlab_standin.url}/api/v4/projects/42/merge_requests/1/notes?"
+    )
+    assert "sort=asc" in next_url and "page=3" in next_url
+    last = requests.get(next_url, headers=private_headers(gitlab_standin), timeout=5)
+    assert len(last.json()) == 5
+    assert last.headers["X-Next-Page"] == "" and "next" not in last.links
+
+
+def test_per_page_is_capped_at_100(gitlab_standin: GitLabStandIn) -> None:
+    gitlab_standin.add_merge_request(1)
+    gitlab_standin.seed_notes(1, 120)
+    response = requests.get(
+        api(gitlab_standin, "/merge_requests/1/notes"),
+        params={"per_page": 500},
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert len(response.json()) == 100
+    assert response.headers["X-Per-Page"] == "100"
+
+
+def test_get_all_follows_link_next_past_100_notes(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.seed_notes(7, 250)
+    notes = mr.notes.list(get_all=True, per_page=100)
+    assert len(notes) == 250
+    assert len({n.id for n in notes}) == 250
+    assert len(gitlab_standin.requests_to("/notes", method="GET")) == 3
+
+
+def test_create_and_update_own_note(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    note = mr.notes.create({"body": "<!-- nbgate:report -->\nfirst"})
+    assert note.author["id"] == gitlab_standin.user.id
+    assert gitlab_standin.request_log[-1].status == 201
+    note.body = "<!-- nbgate:report -->\nsecond"
+    note.save()
+    assert gitlab_standin.request_log[-1].status == 200
+    stored = gitlab_standin.notes(7)
+    assert [n.body for n in stored] == ["<!-- nbgate:report -->\nsecond"]
+    assert stored[0].updated_at > stored[0].created_at
+
+
+def test_editing_someone_elses_note_is_forbidden(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    theirs = gitlab_standin.add_note(7, "mine", author="alice")
+    note = mr.notes.get(theirs.id)
+    note.body = "hijacked"
+    with pytest.raises(gitlab.GitlabUpdateError) as caught:
+        note.save()
+    assert caught.value.response_code == 403
+    assert gitlab_standin.notes(7)[0].body == "mine"
+
+
+def test_quick_action_only_body_creates_no_note(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    mr.notes.create({"body": "/label ~ml\n/approve"})
+    assert gitlab_standin.request_log[-1].status == 202
+    assert gitlab_standin.notes(7) == []
+    assert gitlab_standin.quick_actions == [(7, ["/label ~ml", "/approve"])]
+
+
+def test_quick_action_lines_are_stripped_from_mixed_bodies(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    note = mr.notes.create({"body": "report\n/close\nmore"})
+    assert note.body == "report\nmore"
+    assert gitlab_standin.quick_actions == [(7, ["/close"])]
+
+
+def test_note_body_limit_and_missing_body(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    with pytest.raises(gitlab.GitlabCreateError) as too_long:
+        mr.notes.create({"body": "x" * 1_000_001})
+    assert too_long.value.response_code == 400
+    mr.notes.create({"body": "x" * 1_000_000})
+    with pytest.raises(gitlab.GitlabCreateError) as missing:
+        mr.notes.create({"body": ""})
+    assert missing.value.response_code == 400
+    assert len(gitlab_standin.notes(7)) == 1
+
+
+def test_job_token_reads_notes_but_cannot_write(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_merge_request(1)
+    gitlab_standin.seed_notes(1, 3)
+    job_mr = job_gl.projects.get(42, lazy=True).mergerequests.get(1, lazy=True)
+    assert len(job_mr.notes.list(get_all=True)) == 3
+    with pytest.raises(gitlab.GitlabCreateError) as caught:
+        job_mr.notes.create({"body": "hi"})
+    assert caught.value.response_code == 403
+    assert caught.value.error_message == "403 Forbidden"
+
+
+def test_delete_own_note_with_json_content_type_returns_204(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    note = mr.notes.create({"body": "bye"})
+    note.delete()
+    record = gitlab_standin.request_log[-1]
+    assert (record.method, record.status, record.content_type) == (
+        "DELETE",
+        204,
+        "application/json",
+    )
+    assert gitlab_standin.notes(7) == []
+
+
+def test_concurrent_note_creation_is_consistent(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    gitlab_standin.add_merge_request(1)
+
+    def post(worker: int) -> None:
+        client = gitlab.Gitlab(
+            gitlab_standin.url, private_token=gitlab_standin.private_token, timeout=5
+        )
+        target = client.projects.get(42, lazy=True).mergerequests.get(1, lazy=True)
+        for i in range(10):
+            target.notes.create({"body": f"{worker}-{i}"})
+
+    threads = [threading.Thread(target=post, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    notes = gitlab_standin.notes(1)
+    assert len(notes) == 40 and len({n.id for n in notes}) == 40
+    assert gitlab_standin.internal_errors == []
+
+
+# --------------------------------------------------------------------------- wiki
+
+
+def test_wiki_get_create_update_flow(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        project.wikis.get("Model-history")
+    assert caught.value.error_message == "404 Wiki Page Not Found"
+    created = project.wikis.create(
+        {"title": "Model history", "content": "| a |", "format": "markdown"}
+    )
+    assert created.slug == "Model-history"
+    assert gitlab_standin.request_log[-1].status == 201
+    page = project.wikis.get("Model-history")
+    page.content = "| b |\n| a |"
+    page.save()
+    assert gitlab_standin.wiki_page("Model-history").content == "| b |\n| a |"
+
+
+def test_wiki_duplicate_title_is_400(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_wiki_page("Model history", "old")
+    with pytest.raises(gitlab.GitlabCreateError) as caught:
+        project.wikis.create({"title": "Model history", "content": "new"})
+    assert caught.value.response_code == 400
+    assert caught.value.error_message == {
+        "base": ["Duplicate page: A page with that title already exists"]
+    }
+    assert gitlab_standin.wiki_page("Model-history").content == "old"
+
+
+def test_wiki_folder_slug_arrives_encoded_and_title_renames(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    project.wikis.create({"title": "reports/Model history", "content": "x"})
+    page = project.wikis.get("reports/Model-history")
+    assert gitlab_standin.request_log[-1].path.endswith(
+        "/wikis/reports%2FModel-history"
+    )
+    page.title = "reports/History"
+    page.save()
+    assert set(gitlab_standin.wiki_pages()) == {"reports/History"}
+    assert [p.slug for p in project.wikis.list(get_all=True)] == ["reports/History"]
+
+
+# --------------------------------------------------------------------------- generic packages
+
+
+def test_generic_package_upload_download_newest_and_list(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    uploaded = project.generic_packages.upload(
+        "model", "1.0.0", "model.json", data=b"v1"
+    )
+    assert uploaded.message == "201 Created"
+    assert gitlab_standin.request_log[-1].status == 201
+    project.generic_packages.upload("model", "1.0.0", "model.json", data=b"v1-again")
+    project.generic_packages.upload("model", "1.1.0", "model.json", data=b"v2")
+    project.generic_packages.upload("model-extra", "9.0.0", "x.bin", data=b"x")
+    assert (
+        project.generic_packages.download("model", "1.0.0", "model.json") == b"v1-again"
+    )
+    newest = project.packages.list(
+        package_type="generic",
+        package_name="model",
+        order_by="created_at",
+        sort="desc",
+        get_all=True,
+    )
+    # GitLab's package_name filter is fuzzy: clients must compare names themselves.
+    assert [(p.name, p.version) for p in newest] == [
+        ("model-extra", "9.0.0"),
+        ("model", "1.1.0"),
+        ("model", "1.0.0"),
+    ]
+    assert gitlab_standin.package_file("model", "1.1.0", "model.json") == b"v2"
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "file_name", "error"),
+    [
+        ("my model", "1.0.0", "m.bin", "package_name is invalid"),
+        ("model", "1..0", "m.bin", "package_version is invalid"),
+        ("model", "1.0.0", "%2E%2E", "file_name is invalid"),
+        ("model", "1.0.0", "dir%2Fm.bin", "file_name is invalid"),
+    ],
+)
+def test_generic_package_path_validation(
+    gitlab_standin: GitLabStandIn, name: str, version: str, file_name: str, error: str
+) -> None:
+    response = requests.put(
+        api(gitlab_standin, f"/packages/generic/{name}/{version}/{file_name}"),
+        data=b"x",
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert (response.status_code, response.json()) == (400, {"error": error})
+    assert gitlab_standin.packages() == []
+
+
+def test_duplicate_package_files_can_be_disallowed() -> None:
+    with GitLabStandIn(allow_duplicate_packages=False) as standin:
+        url = api(standin, "/packages/generic/model/1.0.0/m.bin")
+        first = requests.put(
+            url, data=b"a", headers=private_headers(standin), timeout=5
+        )
+        second = requests.put(
+            url, data=b"b", headers=private_headers(standin), timeout=5
+        )
+        assert (first.status_code, second.status_code) == (201, 400)
+        assert standin.package_file("model", "1.0.0", "m.bin") == b"a"
+
+
+def test_job_token_uploads_and_downloads_packages(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    job_project = job_gl.projects.get(42, lazy=True)
+    job_project.generic_packages.upload("model", "2.0.0", "m.bin", data=b"\x00\x01")
+    assert (
+        job_project.generic_packages.download("model", "2.0.0", "m.bin") == b"\x00\x01"
+    )
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        job_project.generic_packages.download("model", "3.0.0", "m.bin")
+    assert caught.value.response_code == 404
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_project_upload_returns_markdown_and_keeps_bytes(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n\r\n\x00binary\r\n"
+    result = project.upload("f.png", filedata=png)
+    assert result["url"].startswith("/uploads/") and result["url"].endswith("/f.png")
+    secret = result["url"].split("/")[2]
+    assert len(secret) == 32 and int(secret, 16) >= 0
+    assert result["markdown"] == f"![f]({result['url']})"
+    assert result["alt"] == "f"
+    assert gitlab_standin.request_log[-1].status == 201
+    assert gitlab_standin.uploads()[0].data == png
+
+
+def test_upload_needs_a_file_and_a_private_token(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    response = requests.post(
+        api(gitlab_standin, "/uploads"),
+        data={"avatar": ""},
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "file is missing"},
+    )
+    with pytest.raises(gitlab.GitlabUploadError) as caught:
+        job_gl.projects.get(42, lazy=True).upload("f.png", filedata=b"x")
+    assert caught.value.response_code == 403
+    assert gitlab_standin.uploads() == []
+
+
+# --------------------------------------------------------------------------- job artifacts
+
+
+def test_artifacts_download_newest_successful_and_raw(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_job_artifacts(
+        "main", "train", {"reports/metrics.json": b'{"auc": 0.8}'}
+    )
+    gitlab_standin.add_job_artifacts(
+        "main", "train", {"reports/metrics.json": b'{"auc": 0.9}'}
+    )
+    gitlab_standin.add_job_artifacts(
+        "main", "train", {"reports/metrics.json": b"broken"}, status="failed"
+    )
+    artifacts = job_gl.projects.get(42, lazy=True).artifacts
+    archive = zipfile.ZipFile(io.BytesIO(artifacts.download("main", "train")))
+    assert archive.read("reports/metrics.json") == b'{"auc": 0.9}'
+    assert artifacts.raw("main", "reports/metrics.json", "train") == b'{"auc": 0.9}'
+
+
+def test_artifacts_missing_are_404(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_job_artifacts("feature/x", "train", {"a.txt": b"a"})
+    assert project.artifacts.raw("feature/x", "a.txt", "train") == b"a"
+    for call in (
+        lambda: project.artifacts.download("main", "train"),
+        lambda: project.artifacts.raw("feature/x", "missing.txt", "train"),
+    ):
+        with pytest.raises(gitlab.GitlabGetError) as caught:
+            call()
+        assert caught.value.response_code == 404
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_429_with_integer_retry_after_is_retried(
+    mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
+) -> None:
+    fault = gitlab_standin.fail_next(2, 429, path_contains="/notes", retry_after=0)
+    mr.notes.create({"body": "after rate limit"})
+    assert fault.hits == 2
+    statuses = [r.status for r in gitlab_standin.requests_to("/notes")]
+    assert statuses == [429, 429, 201]
+    assert all(r.fault == "status" for r in gitlab_standin.requests_to("/notes")[:2])
+    assert len(gitlab_standin.notes(7)) == 1
+
+
+def test_429_response_carries_integer_retry_after(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    gitlab_standin.fail_next(1, 429)
+    response = requests.get(f"{gitlab_standin.api_url}/version", timeout=5)
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "0")
+    assert response.json() == {"message": "429 Too Many Requests"}
+
+
+def test_5xx_fails_without_retry_and_recovers_with_it(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    gitlab_standin.add_merge_request(1)
+    gitlab_standin.fail_next(1, 502, path_contains="/merge_requests/1")
+    plain = gitlab.Gitlab(
+        gitlab_standin.url, private_token=gitlab_standin.private_token, timeout=5
+    )
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        plain.projects.get(42, lazy=True).mergerequests.get(1)
+    assert caught.value.response_code == 502
+    fault = gitlab_standin.fail_next(2, 503, path_contains="/merge_requests/1")
+    retrying = gitlab.Gitlab(
+        gitlab_standin.url,
+        private_token=gitlab_standin.private_token,
+        timeout=5,
+        retry_transient_errors=True,
+    )
+    assert retrying.projects.get(42, lazy=True).mergerequests.get(1).iid == 1
+    assert fault.hits == 2 and gitlab_standin.fault_hits == 3
+
+
+def test_auth_fault_raises_authentication_error(
+    gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.fail_next(1, 401, path_contains="/user")
+    with pytest.raises(gitlab.GitlabAuthenticationError):
+        gl.auth()
+    gl.auth()
+    assert [r.status for r in gitlab_standin.requests_to("/user")] == [401, 200]
+
+
+def test_fault_filters_by_path_and_method(gitlab_standin: GitLabStandIn) -> None:
+    gitlab_standin.fail_next(1, 500, path_contains="/wikis", method="POST")
+    headers = private_headers(gitlab_standin)
+    assert (
+        requests.get(
+            api(gitlab_standin, "/wikis"), headers=headers, timeout=5
+        ).status_code
+        == 200
+    )
+    created = requests.post(
+        api(gitlab_standin, "/wikis"),
+        json={"title": "a", "content": "b"},
+        headers=headers,
+        timeout=5,
+    )
+    assert created.status_code == 500
+    assert gitlab_standin.wiki_pages() == {}
+
+
+def test_dropped_connection_surfaces_as_connection_error(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    fault = gitlab_standin.drop_next(1, path_contains="/version")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(
+            f"{gitlab_standin.api_url}/version",
+            headers=private_headers(gitlab_standin),
+            timeout=5,
+        )
+    ok = requests.get(
+        f"{gitlab_standin.api_url}/version",
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert ok.status_code == 200
+    assert fault.hits == 1
+    assert [(r.status, r.fault) for r in gitlab_standin.requests_to("/version")] == [
+        (None, "drop"),
+        (200, None),
+    ]
+
+
+def test_dropped_connection_is_retried_by_python_gitlab(
+    gitlab_standin: GitLabStandIn,
+) -> None:
+    gitlab_standin.add_merge_request(1)
+    gitlab_standin.drop_next(1, path_contains="/notes")
+    client = gitlab.Gitlab(
+        gitlab_standin.url,
+        private_token=gitlab_standin.private_token,
+        timeout=5,
+        retry_transient_errors=True,
+    )
+    client.projects.get(42, lazy=True).mergerequests.get(1, lazy=True).notes.create(
+        {"body": "once"}
+    )
+    assert [n.body for n in gitlab_standin.notes(1)] == ["once"]
+    assert len(gitlab_standin.requests_to("/notes", method="POST")) == 2
+
+
+def test_delay_makes_a_short_timeout_fire(gitlab_standin: GitLabStandIn) -> None:
+    gitlab_standin.delay_next(1, 1.0, path_contains="/version")
+    with pytest.raises(requests.Timeout):
+        requests.get(
+            f"{gitlab_standin.api_url}/version",
+            headers=private_headers(gitlab_standin),
+            timeout=0.2,
+        )
+    ok = requests.get(
+        f"{gitlab_standin.api_url}/version",
+        headers=private_headers(gitlab_standin),
+        timeout=5,
+    )
+    assert ok.json()["version"]
+
+
+def test_fail_next_rejects_non_error_status(gitlab_standin: GitLabStandIn) -> None:
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        gitlab_standin.fail_next(1, 200)
+
+
+@pytest.fixture
+def fresh_standin() -> Iterator[GitLabStandIn]:
+    with GitLabStandIn(project_id=7, project_path="team/models") as standin:
+        yield standin
+
+
+def test_custom_project_identity(fresh_standin: GitLabStandIn) -> None:
+    client = gitlab.Gitlab(
+        fresh_standin.url, private_token=fresh_standin.private_token, timeout=5
+    )
+    assert client.projects.get("team/models").id == 7
+    with pytest.raises(gitlab.GitlabGetError):
+        client.projects.get(42)
