@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what tests/test_ci_file.py drives besides the Python venv:
+#   - rsync (Debian/Ubuntu package): gitlab-ci-local copies the checkout into its build folders with it;
+#   - Node 22 + gitlab-ci-local, from the npm registry, under .tools/ (the machine's Node may be
+#     older than the >= 22 that gitlab-ci-local 4.75 needs, so a private Node comes along).
+# Idempotent: when everything is already in place it only checks and exits (well under a second).
+# Meant to run as root (CI, the dev container); apt-get needs it, npm does not.
+set -euo pipefail
+
+GCL_VERSION=4.75.1
+NODE_MAJOR=22
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+BIN="$TOOLS/node_modules/.bin"
+
+have_gcl() {
+    # Reading the installed version from package.json avoids starting Node on the fast path.
+    local pkg="$TOOLS/node_modules/gitlab-ci-local/package.json"
+    [[ -f "$pkg" && -x "$BIN/gitlab-ci-local" && -x "$BIN/node" ]] || return 1
+    grep -q "\"version\": \"$GCL_VERSION\"" "$pkg" || return 1
+    # The node package's real binary is fetched by an install script; a half-finished install
+    # leaves a wrapper that cannot run, so one cheap start proves it.
+    [[ "$("$BIN/node" --version 2>/dev/null)" == v"$NODE_MAJOR".* ]]
+}
+
+apt_install() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-tools: need root to apt-get install $*; install them, or rerun as root" >&2
+        exit 1
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "install-tools: no apt-get here; install $* with this system's package manager" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+command -v rsync >/dev/null || missing+=(rsync)
+# npm is only needed to install gitlab-ci-local; any npm installs the private Node 22.
+if ! have_gcl && ! command -v npm >/dev/null; then
+    missing+=(npm)
+fi
+if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+fi
+
+if ! have_gcl; then
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error \
+        "node@$NODE_MAJOR" "gitlab-ci-local@$GCL_VERSION"
+    have_gcl || {
+        echo "install-tools: gitlab-ci-local $GCL_VERSION with Node $NODE_MAJOR did not install under $TOOLS" >&2
+        exit 1
+    }
+fi
+
+echo "install-tools: rsync $(rsync --version | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'), node $("$BIN/node" --version), gitlab-ci-local $GCL_VERSION in $BIN"

@@ -1,0 +1,535 @@
+""".gitlab-ci.yml and Dockerfile, checked with the real tools.
+
+- check-jsonschema with GitLab's CI schema, hadolint on the Dockerfile;
+- gitlab-ci-local (a real local evaluator of .gitlab-ci.yml, installed by .ci/install-tools.sh)
+  lists which jobs each situation creates: commit titles, schedules, image changes;
+- gitlab-ci-local runs the train jobs in this machine's shell against a small repository that
+  declares tiny notebooks, through the real pytest harness.
+
+Every run happens in a throwaway git repository in tmp_path, so gitlab-ci-local's state folder,
+reports and MLflow stores never land in the project.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
+    from tests.gitlab_standin import GitLabStandIn
+    from tests.nbproject import write_notebook, write_pyproject
+except ImportError:
+    from gitlab_standin import GitLabStandIn
+    from nbproject import write_notebook, write_pyproject
+
+pytestmark = pytest.mark.ci_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_FILE = ROOT / ".gitlab-ci.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+# The venv running these tests holds check-jsonschema, hadolint and the pytest the jobs call.
+VENV_BIN = Path(sys.executable).parent
+TOOLS_BIN = ROOT / ".tools" / "node_modules" / ".bin"
+GCL = TOOLS_BIN / "gitlab-ci-local"
+
+TRAIN_TITLE = "train notebooks/training_example.ipynb"
+SCORE_TITLE = "score notebooks/scoring_example.ipynb"
+TEST = {"test"}
+TRAIN_COMMIT = {"train-commit-activated-cpu", "train-commit-activated-gpu", "publish-mr",
+                "publish-artifacts"}
+SCORE_COMMIT = {"score-commit-activated", "publish-mr"}
+TRAIN_SCHEDULE = {"train-scheduled-cpu", "train-scheduled-gpu", "publish-wiki", "publish-artifacts"}
+SCORE_SCHEDULE = {"score-scheduled", "publish-wiki"}
+BUILD = {"build-ds-image"}
+
+# What the surrounding environment must not lend a job: in GitLab CI these tests run inside a
+# job whose own CI variables, tokens and tracking server would otherwise steer the inner jobs.
+_LEAKY = re.compile(r"^(CI|GITLAB_.*|CI_.*|MLFLOW_.*|REPO_TOKEN|TRAINING_NOTEBOOK|SCORING_NOTEBOOK"
+                    r"|NBGATE_.*|PYTEST_.*|TRAIN_.*RUNNER|SCORE_RUNNER|DS_IMAGE.*)$")
+
+
+def tool(name: str) -> str:
+    path = VENV_BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed in {VENV_BIN}; install requirements-test.txt")
+    return str(path)
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not _LEAKY.match(k)}
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), str(TOOLS_BIN), env.get("PATH", "")])
+    env["HOME"] = str(home)  # gitlab-ci-local reads ~/.gitlab-ci-local/variables.yml
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # gitlab-ci-local warns about overriding these predefined variables; overriding them is the
+    # point of these tests.
+    env["GCL_IGNORE_PREDEFINED_VARS"] = (
+        "CI_COMMIT_MESSAGE,CI_COMMIT_TITLE,CI_PIPELINE_SOURCE,CI_API_V4_URL,CI_PROJECT_ID")
+    return env
+
+
+@pytest.fixture(scope="module")
+def gcl() -> str:
+    missing = [p for p in ("rsync",) if shutil.which(p) is None]
+    if not GCL.exists():
+        missing.append(f"gitlab-ci-local under {TOOLS_BIN}")
+    if missing:
+        message = f"{', '.join(missing)} missing: run .ci/install-tools.sh (as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI the tools are part of the job; absence is a bug
+        pytest.skip(message)
+    return str(GCL)
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=nbgate", "-c", "user.email=nbgate@example.com",
+         "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args],
+        cwd=repo, capture_output=True, text=True, check=True,
+    )
+    return done.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str | Path], *, branch: str = "feature",
+              change: str = "README.md", message: str = "Work") -> Path:
+    """A git repository whose origin/main is a base commit and whose HEAD, on ``branch``, is one
+    commit that changes ``change``: what gitlab-ci-local's `rules:changes` compares."""
+    path.mkdir(parents=True)
+    for rel, content in files.items():
+        target = path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copy2(content, target)
+        else:
+            target.write_text(content, encoding="utf-8")
+    (path / "README.md").write_text("# test project\n", encoding="utf-8")
+    git(path, "init", "-q")
+    git(path, "remote", "add", "origin", "https://gitlab.example.com/group/project.git")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "Base")
+    git(path, "update-ref", "refs/remotes/origin/main", "HEAD")
+    git(path, "symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main")
+    if branch != "main":
+        git(path, "checkout", "-q", "-b", branch)
+    with (path / change).open("a", encoding="utf-8") as handle:
+        handle.write("\n# changed\n")
+    git(path, "commit", "-q", "-a", "-m", message)
+    return path
+
+
+def ci_files() -> dict[str, str | Path]:
+    return {".gitlab-ci.yml": CI_FILE, "Dockerfile": DOCKERFILE,
+            "requirements.txt": ROOT / "requirements.txt"}
+
+
+def run_gcl(gcl: str, repo: Path, *args: str, variables: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    command = [gcl, *args]
+    for key, value in (variables or {}).items():
+        command += ["--variable", f"{key}={value}"]
+    return subprocess.run(command, cwd=repo, env=clean_env(repo.parent / "home"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- schema and lint --------------------------------------------------------------------------
+
+
+def test_ci_file_validates_against_gitlab_schema(tmp_path: Path) -> None:
+    done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                           str(CI_FILE)], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok -- validation done" in done.stdout
+    # The same validator rejects a misspelt keyword, so the pass above means something.
+    broken = tmp_path / ".gitlab-ci.yml"
+    broken.write_text(CI_FILE.read_text().replace("  script:\n", "  scripts:\n", 1))
+    done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                           str(broken)], check=False, capture_output=True, text=True)
+    assert done.returncode != 0
+
+
+def test_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
+    done = subprocess.run([tool("hadolint"), "--no-color", str(DOCKERFILE)],
+                          check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sloppy = tmp_path / "Dockerfile"
+    sloppy.write_text("FROM ubuntu\nRUN apt-get install -y curl\n")
+    done = subprocess.run([tool("hadolint"), "--no-color", str(sloppy)], check=False,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "DL3006" in done.stdout
+
+
+def test_dockerfile_shape() -> None:
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\S+)-runtime-ubuntu(\d+)\.(\d+)$", text, re.M)
+    assert base, "the image must start from a CUDA runtime base"
+    assert (int(base.group(2)), int(base.group(3))) >= (22, 4)
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", text, re.M)
+    # The project's Python, as pyproject.toml and the locks have it.
+    requires = re.search(r'requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text())
+    assert requires and f"ARG PYTHON_VERSION={requires.group(1)}" in text
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    # The heavy dependency layer comes from the lock alone, before any project source.
+    lock = text.index("-r requirements.txt")
+    assert lock < text.index("COPY --chown=nbgate:nbgate nbgate ")
+    assert text.index("COPY --chown=nbgate:nbgate requirements.txt") < lock
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies_and_nothing_heavy() -> None:
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "allow-list: the build context is only what the image needs"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied = set()
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY") and "--from=" not in line:
+            copied.update(p for p in line.split()[1:-1] if not p.startswith("--"))
+    assert copied and copied <= allowed, copied - allowed
+    assert not allowed & {".venv", ".tools", "models", "reports", "mlruns", "notebooks"}
+
+
+# --- which jobs each situation creates -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("ci-repos")
+    return {
+        "plain": make_repo(base / "plain", ci_files()),
+        "dockerfile": make_repo(base / "dockerfile", ci_files(), change="Dockerfile"),
+        "lock": make_repo(base / "lock", ci_files(), change="requirements.txt"),
+        "dockerfile-main": make_repo(base / "dockerfile-main", ci_files(), branch="main",
+                                     change="Dockerfile"),
+    }
+
+
+def listed(gcl: str, repo: Path, variables: dict[str, str]) -> set[str]:
+    done = run_gcl(gcl, repo, "--list-csv", "--no-json-schema-validation", variables=variables)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("name;"))
+    return {line.split(";")[0] for line in lines[header + 1:] if line.strip()}
+
+
+PUSH = {"CI_PIPELINE_SOURCE": "push"}
+SCHEDULE = {"CI_PIPELINE_SOURCE": "schedule"}
+
+SITUATIONS = [
+    # id, repo, variables, jobs
+    ("train-title", "plain", {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE}, TEST | TRAIN_COMMIT),
+    ("train-title-two-notebooks-and-body", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": f"{TRAIN_TITLE} notebooks/other.ipynb\n\nWhy."},
+     TEST | TRAIN_COMMIT),
+    ("train-title-gpu-runner-off", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "TRAIN_GPU_RUNNER": "none"},
+     TEST | TRAIN_COMMIT - {"train-commit-activated-gpu"}),
+    ("score-title", "plain", {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}, TEST | SCORE_COMMIT),
+    ("ordinary-message", "plain", {**PUSH, "CI_COMMIT_MESSAGE": "Fix typo in the README"}, TEST),
+    ("trigger-only-in-body", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": f"Tidy up\n\n{TRAIN_TITLE}"}, TEST),
+    ("capitalised-trigger", "plain", {**PUSH, "CI_COMMIT_MESSAGE": f"Train {TRAIN_TITLE[6:]}"},
+     TEST),
+    ("trigger-word-without-path", "plain", {**PUSH, "CI_COMMIT_MESSAGE": "train"}, TEST),
+    ("word-starting-with-trigger", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": "training data refreshed"}, TEST),
+    ("schedule", "plain", {**SCHEDULE, "CI_COMMIT_MESSAGE": "Fix typo"}, SCORE_SCHEDULE),
+    ("schedule-training-notebook", "plain",
+     {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb"}, TRAIN_SCHEDULE),
+    ("schedule-training-notebook-gpu-off", "plain",
+     {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
+      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - {"train-scheduled-gpu"}),
+    ("schedule-scoring-notebook-train-title-at-head", "plain",
+     {**SCHEDULE, "SCORING_NOTEBOOK": "notebooks/scoring_example.ipynb",
+      "CI_COMMIT_MESSAGE": TRAIN_TITLE}, SCORE_SCHEDULE),
+    ("schedule-both-variables", "plain",
+     {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
+      "SCORING_NOTEBOOK": "notebooks/scoring_example.ipynb"}, TRAIN_SCHEDULE),
+    ("schedule-empty-training-notebook", "plain", {**SCHEDULE, "TRAINING_NOTEBOOK": ""},
+     SCORE_SCHEDULE),
+    ("dockerfile-change", "dockerfile", {**PUSH, "CI_COMMIT_MESSAGE": "Bump base"}, BUILD | TEST),
+    ("lock-change", "lock", {**PUSH, "CI_COMMIT_MESSAGE": "Bump xgboost"}, BUILD | TEST),
+    ("dockerfile-change-with-train-title", "dockerfile",
+     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE}, BUILD | TEST | TRAIN_COMMIT),
+    ("dockerfile-change-on-default-branch", "dockerfile-main",
+     {**PUSH, "CI_COMMIT_MESSAGE": "Bump base"}, BUILD | TEST | {"promote-ds-image"}),
+    # rules:changes is always true on schedules: the build must not follow it there.
+    ("dockerfile-change-schedule", "dockerfile", SCHEDULE, SCORE_SCHEDULE),
+    ("dockerfile-change-schedule-build-forced", "dockerfile",
+     {**SCHEDULE, "BUILD_DS_IMAGE": "true"}, SCORE_SCHEDULE),
+    ("manual-run-building-the-image", "plain",
+     {"CI_PIPELINE_SOURCE": "web", "BUILD_DS_IMAGE": "true", "CI_COMMIT_MESSAGE": "Fix typo"},
+     BUILD | TEST),
+]
+
+
+@pytest.mark.parametrize(("repo", "variables", "jobs"), [s[1:] for s in SITUATIONS],
+                         ids=[s[0] for s in SITUATIONS])
+def test_jobs_for_each_situation(gcl: str, repos: dict[str, Path], repo: str,
+                                 variables: dict[str, str], jobs: set[str]) -> None:
+    assert listed(gcl, repos[repo], variables) == jobs
+
+
+def test_workflow_runs_branch_pipelines_only(gcl: str, tmp_path: Path) -> None:
+    # gitlab-ci-local applies workflow:rules only for their variables, so the rules are copied
+    # onto a probe job and evaluated by the same engine as every job rule.
+    config = yaml.safe_load(CI_FILE.read_text())
+    probe = {"stage": "test", "script": ["true"], "rules": config["workflow"]["rules"]}
+    repo = make_repo(tmp_path / "workflow", {
+        ".gitlab-ci.yml": yaml.safe_dump({"stages": ["test"], "workflow-probe": probe})})
+    assert listed(gcl, repo, {"CI_PIPELINE_SOURCE": "merge_request_event"}) == set()
+    for source in ("push", "schedule", "web", "api"):
+        assert listed(gcl, repo, {"CI_PIPELINE_SOURCE": source}) == {"workflow-probe"}, source
+
+
+@pytest.fixture(scope="module")
+def expanded(gcl: str, repos: dict[str, Path]) -> dict[str, dict]:
+    """The CI file with extends, anchors and references expanded, as GitLab sees each job."""
+    done = run_gcl(gcl, repos["plain"], "--preview", "--no-json-schema-validation")
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+def test_runner_tags_come_from_variables_with_documented_defaults(expanded: dict) -> None:
+    variables = expanded["variables"]
+    assert variables["TRAIN_RUNNER"] == "saas-linux-small-amd64"
+    assert variables["TRAIN_GPU_RUNNER"] == "saas-linux-medium-amd64-gpu-standard"
+    assert variables["SCORE_RUNNER"] == "saas-linux-small-amd64"
+    for job in ("train-commit-activated-cpu", "train-scheduled-cpu"):
+        assert expanded[job]["tags"] == ["$TRAIN_RUNNER"]
+    for job in ("train-commit-activated-gpu", "train-scheduled-gpu"):
+        assert expanded[job]["tags"] == ["$TRAIN_GPU_RUNNER"]
+    for job in ("score-commit-activated", "score-scheduled"):
+        assert expanded[job]["tags"] == ["$SCORE_RUNNER"]
+
+
+def test_train_and_score_jobs_select_by_marker_and_commit(expanded: dict) -> None:
+    markers = {
+        "train-commit-activated-cpu": "train and not gpu",
+        "train-scheduled-cpu": "train and not gpu",
+        "train-commit-activated-gpu": "train and gpu",
+        "train-scheduled-gpu": "train and gpu",
+        "score-commit-activated": "score and not gpu",
+        "score-scheduled": "score and not gpu",
+    }
+    for name, marker in markers.items():
+        job = expanded[name]
+        assert job["variables"]["NBGATE_MARKERS"] == marker, name
+        script = "\n".join(job["script"])
+        assert 'pytest -m "$NBGATE_MARKERS" --nbgate-commit -v' in script, name
+        assert (job["variables"].get("NBGATE_REQUIRE_GPU") == "1") == name.endswith("-gpu"), name
+        artifacts = job["artifacts"]
+        assert artifacts["when"] == "always", name
+        assert "reports/" in artifacts["paths"], name
+        assert artifacts["reports"] == {"junit": "reports/junit.xml",
+                                        "metrics": "reports/metrics.txt",
+                                        "annotations": "reports/annotations.json"}, name
+    for name in ("score-commit-activated", "score-scheduled"):
+        script = expanded[name]["script"]
+        fetch = 'nbgate fetch-artifact --pipeline "$MODEL_PIPELINE" --dest "$MODEL_PATH"'
+        assert script.index(fetch) < len(script) - 1, "the model is fetched before scoring"
+    assert expanded["variables"]["MODEL_PATH"] == "models/xgb_model.json"
+    assert "models/" in expanded["train-commit-activated-cpu"]["artifacts"]["paths"]
+
+
+def test_notify_jobs(expanded: dict) -> None:
+    for name, what in (("publish-mr", "mr"), ("publish-wiki", "wiki"),
+                       ("publish-artifacts", "artifacts")):
+        job = expanded[name]
+        assert job["stage"] == "notify"
+        assert job["variables"]["PUBLISH"] == what
+        assert 'nbgate publish "$PUBLISH" --reports nbgate-jobs' in "\n".join(job["script"])
+    assert expanded["publish-mr"]["allow_failure"] is True
+    assert all(rule.get("when") == "always" for rule in expanded["publish-mr"]["rules"])
+    assert all(rule.get("when") == "always" for rule in expanded["publish-wiki"]["rules"])
+    # A model is published only when every training job it needs succeeded.
+    assert all("when" not in rule for rule in expanded["publish-artifacts"]["rules"])
+    assert "allow_failure" not in expanded["publish-artifacts"]
+    fetched = {n["job"] for n in expanded["publish-artifacts"]["needs"] if n.get("artifacts", True)}
+    assert fetched == {"build-ds-image", "train-commit-activated-cpu", "train-scheduled-cpu"}
+
+
+def test_test_job_runs_the_suite_and_every_notebook(expanded: dict) -> None:
+    job = expanded["test"]
+    script = "\n".join(job["script"])
+    assert "pytest tests " in script and "ruff check ." in script
+    assert "pytest --nbmake notebooks/" in script
+    assert ".ci/install-tools.sh" in script
+    assert job["artifacts"]["when"] == "always"
+    assert job["artifacts"]["reports"]["junit"] == "test-reports/*.xml"
+
+
+# --- the train jobs, run for real in this machine's shell ---------------------------------------
+
+JOB_PYPROJECT = """
+[tool.nbgate.runners.cpu]
+parameters = { device = "cpu" }
+[tool.nbgate.runners.gpu]
+parameters = { device = "cuda" }
+gpu = true
+
+[[tool.nbgate.pipelines]]
+notebook = "notebooks/tiny_train.ipynb"
+kind = "train"
+runners = ["cpu", "gpu"]
+thresholds = { accuracy = ">= 0.5" }
+outputs = ["models/tiny.txt"]
+
+[[tool.nbgate.pipelines]]
+notebook = "notebooks/other_train.ipynb"
+kind = "train"
+"""
+
+TINY_TRAIN = """
+import os
+from nbgate import record
+os.makedirs("models", exist_ok=True)
+with open("models/tiny.txt", "w") as handle:
+    handle.write(device)
+record("accuracy", 0.9)
+"""
+
+
+@pytest.fixture
+def job_repo(tmp_path: Path) -> Callable[[str], Path]:
+    """A repository with the real CI file and two tiny declared training notebooks; one of them
+    fails if it ever runs, so running it by mistake shows."""
+
+    def make(message: str) -> Path:
+        repo = tmp_path / "job"
+        files = ci_files()
+        make_repo(repo, files, message=message)
+        write_notebook(repo / "notebooks/tiny_train.ipynb", [TINY_TRAIN],
+                       parameters='device = "none"')
+        write_notebook(repo / "notebooks/other_train.ipynb",
+                       ['raise RuntimeError("other_train was not selected")'])
+        write_pyproject(repo, JOB_PYPROJECT)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "--amend", "-m", message)
+        return repo
+
+    return make
+
+
+def run_job(
+    gcl: str, repo: Path, jobs: list[str], variables: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``jobs`` in stage order in this machine's shell, with the venv's pytest on PATH."""
+    return run_gcl(gcl, repo, *jobs, "--force-shell-executor", "--no-json-schema-validation",
+                   variables=variables, timeout=300)
+
+
+def artifacts_of(repo: Path, job: str) -> Path:
+    return repo / ".gitlab-ci-local" / "artifacts" / job
+
+
+def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
+    gcl: str, job_repo: Callable[[str], Path], gitlab_standin: GitLabStandIn
+) -> None:
+    """The CPU train job on a `train <path>` commit, then the notify jobs it feeds, against the
+    loopback GitLab: the real harness, reports hand-over and `nbgate publish` end to end."""
+    title = "train notebooks/tiny_train.ipynb"
+    repo = job_repo(title)
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=git(repo, "rev-parse", "HEAD"))
+    done = run_job(gcl, repo, ["train-commit-activated-cpu", "publish-mr", "publish-artifacts"], {
+        "CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push",
+        "CI_API_V4_URL": gitlab_standin.api_url, "CI_PROJECT_ID": str(gitlab_standin.project_id),
+        "REPO_TOKEN": gitlab_standin.private_token})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert f"nbgate: commit title '{title}' selects train notebooks/tiny_train.ipynb" in log
+    assert "notebooks/tiny_train.ipynb::train[cpu] PASSED" in log
+    ran = log.split("collected", 1)[1]
+    assert "other_train" not in ran
+    assert "train[gpu]" not in ran  # deselected by -m in the CPU job, not skipped
+
+    artifacts = artifacts_of(repo, "train-commit-activated-cpu")
+    # The CPU runner's parameters reached the notebook, and its declared output is kept.
+    assert (artifacts / "models" / "tiny.txt").read_text() == "cpu"
+    executed = sorted(p.name for p in (artifacts / "reports" / "notebooks").glob("*.ipynb"))
+    assert executed == ["tiny_train-train-cpu.ipynb"]
+    cases = list(ET.parse(artifacts / "reports" / "junit.xml").getroot().iter("testcase"))
+    ids = [f"{c.get('classname', '')} {c.get('name', '')}" for c in cases]
+    assert any("tiny_train" in i and "cpu" in i for i in ids), ids
+    assert not any("other_train" in i or "gpu" in i for i in ids), ids
+    assert all(c.find("failure") is None and c.find("error") is None for c in cases), ids
+    # The job's own copy of its reports, which the notify jobs read.
+    own = artifacts / "nbgate-jobs" / "train-commit-activated-cpu"
+    assert (own / "metrics.json").read_bytes() == (
+        artifacts / "reports" / "metrics.json").read_bytes()
+
+    notes = gitlab_standin.notes(7)
+    assert len(notes) == 1, [n.body[:200] for n in notes]
+    assert notes[0].body.startswith("<!-- nbgate:train -->")
+    assert "tiny_train" in notes[0].body and "accuracy" in notes[0].body
+    packages = gitlab_standin.packages()
+    assert [(p.name, [(f.file_name, f.data) for f in p.files]) for p in packages] == [
+        ("tiny_train", [("tiny.txt", b"cpu")])]
+
+
+def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path]) -> None:
+    from nbgate.gpu import visible_cuda_devices
+
+    title = "train notebooks/tiny_train.ipynb"
+    repo = job_repo(title)
+    done = run_job(gcl, repo, ["train-commit-activated-gpu"],
+                   {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
+    log = done.stdout + done.stderr
+    if visible_cuda_devices():
+        assert done.returncode == 0, log
+        assert "notebooks/tiny_train.ipynb::train[gpu] PASSED" in log
+        artifacts = artifacts_of(repo, "train-commit-activated-gpu")
+        assert (artifacts / "models" / "tiny.txt").read_text() == "cuda"
+    else:
+        # NBGATE_REQUIRE_GPU=1 on the GPU job: a runner without a GPU fails, it does not skip.
+        assert done.returncode != 0, log
+        assert "notebooks/tiny_train.ipynb::train[gpu] FAILED" in log
+        assert "GPU is required" in log
+    assert "train[cpu]" not in log.split("collected", 1)[1]
+
+
+def test_gpu_job_with_nothing_for_its_runner_passes(gcl: str,
+                                                    job_repo: Callable[[str], Path]) -> None:
+    title = "train notebooks/other_train.ipynb"  # declared for the cpu runner only
+    repo = job_repo(title)
+    done = run_job(gcl, repo, ["train-commit-activated-gpu"],
+                   {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "no 'train and gpu' case in this selection: nothing to run" in log
+
+
+def test_train_job_refuses_a_path_out_of_the_repository(gcl: str,
+                                                        job_repo: Callable[[str], Path]) -> None:
+    title = "train ../../etc/passwd"
+    repo = job_repo(title)
+    done = run_job(gcl, repo, ["train-commit-activated-cpu"],
+                   {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "'../../etc/passwd' leaves the repository" in log
+    assert ("Declared train pipelines: train notebooks/tiny_train.ipynb, "
+            "train notebooks/other_train.ipynb") in log
+    assert "PASSED" not in log
+
+
+def test_scheduled_training_job_selects_by_training_notebook(
+    gcl: str, job_repo: Callable[[str], Path]
+) -> None:
+    # The head commit's title is ordinary; only the schedule's variable can name a notebook. An
+    # unknown one stops the job before any kernel starts, naming where the path came from.
+    repo = job_repo("Nightly")
+    done = run_job(gcl, repo, ["train-scheduled-cpu"], {
+        "CI_PIPELINE_SOURCE": "schedule", "CI_COMMIT_MESSAGE": "Nightly",
+        "TRAINING_NOTEBOOK": "notebooks/tiny_train.ipynb notebooks/gone.ipynb"})
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "schedule variable TRAINING_NOTEBOOK: 'notebooks/gone.ipynb' does not exist" in log
+    assert "PASSED" not in log
