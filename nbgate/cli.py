@@ -1,0 +1,231 @@
+"""The ``nbgate`` command: publishing reports to GitLab, fetching models, listing cases.
+
+This is the one place that composes the harness (``nbgate``) and the reporting plugin
+(``reporting``); it only parses arguments, picks paths and maps outcomes to exit codes:
+
+    0  done, or skipped with one line saying why (not in CI, no token, no merge request)
+    1  GitLab said no (401/403/404/400) or stayed unreachable after retries
+    2  bad input: options, [tool.nbgate], a missing reports folder or output file
+
+Heavy modules (python-gitlab, requests, tabulate) are imported inside the commands so that
+``nbgate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbgate import __version__
+
+KINDS = ("train", "score")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbgate",
+        description="Publish nbgate reports to GitLab, fetch published models, list cases. "
+        "Run pytest (e.g. `pytest -m train`) first: it writes the reports these commands read.",
+        epilog="GitLab: CI_API_V4_URL and CI_PROJECT_ID come from GitLab CI; the token from "
+        "REPO_TOKEN or GITLAB_TOKEN (CI_JOB_TOKEN can fetch and upload packages, not post notes "
+        "or wiki pages). Without them publishing is skipped with exit 0.",
+    )
+    parser.add_argument("--version", action="version", version=f"nbgate {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"),
+                        help="the project's pyproject.toml with [tool.nbgate] "
+                        "(default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    publish = commands.add_parser(
+        "publish", help="post reports to GitLab: MR comment, wiki history, model packages",
+        description="Post the reports of a train/score run to GitLab.")
+    targets = publish.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, text in (
+        ("mr", "create or update the sticky merge request comment (one per kind)"),
+        ("wiki", "add this pipeline's rows to the wiki history page (one per kind)"),
+        ("artifacts", "upload each pipeline's declared outputs to the generic package registry"),
+    ):
+        sub = targets.add_parser(name, parents=[common], help=text, description=text + ".")
+        sub.add_argument("--reports", type=Path, action="append", metavar="DIR",
+                         help="reports folder holding metrics.json, or a folder of job folders "
+                         "(nbgate-jobs/); repeatable (default: [tool.nbgate] reports)")
+        sub.add_argument("--dry-run", action="store_true",
+                         help="print what would be sent instead of sending it")
+        sub.add_argument("--kind", choices=KINDS, help="only this kind (default: every kind "
+                         "in the reports)")
+        if name == "mr":
+            sub.add_argument("--baseline", metavar="PATH",
+                             help="compare with this metrics.json instead of the default "
+                             "branch's job artifacts (also NBGATE_BASELINE)")
+        if name == "artifacts":
+            sub.add_argument("--version", dest="package_version", metavar="V",
+                             help="package version (default: <short sha>-<pipeline id>, after "
+                             "the pipeline's `version` and '+')")
+        sub.set_defaults(handler=_publish)
+
+    fetch = commands.add_parser(
+        "fetch-artifact", parents=[common], help="download a pipeline's newest published model",
+        description="Download the files a pipeline published with `nbgate publish artifacts`.")
+    fetch.add_argument("--pipeline", required=True, metavar="NAME",
+                       help="pipeline name (notebook stem, e.g. training_example) or notebook path")
+    fetch.add_argument("--dest", required=True, type=Path, metavar="PATH",
+                       help="file to write (one file), or folder to write into")
+    fetch.add_argument("--version", dest="package_version", metavar="V",
+                       help="this version instead of the newest")
+    fetch.add_argument("--file", dest="files", action="append", metavar="NAME",
+                       help="file name in the package (default: the pipeline's declared outputs); "
+                       "repeatable")
+    fetch.set_defaults(handler=_fetch)
+
+    cases = commands.add_parser(
+        "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
+        description="Validate [tool.nbgate] and list every declared case with its marks, "
+        "thresholds and outputs.")
+    cases.add_argument("--kind", choices=KINDS, help="only cases of this kind")
+    cases.set_defaults(handler=_cases)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return int(exc.code or 0)
+    environment = os.environ if env is None else env
+    handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+    return handler(args, environment)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _label(args: argparse.Namespace) -> str:
+    return "nbgate " + " ".join(p for p in (args.command, getattr(args, "target", None)) if p)
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
+    """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
+    from nbgate.config import ConfigError, load_config
+    from reporting.gitlab_client import (
+        PublishError,
+        PublishSkipped,
+        PublishUsageError,
+        scrubber,
+    )
+
+    scrub = scrubber(env)
+    label = _label(args)
+
+    def echo(line: str) -> None:
+        print(scrub(line), flush=True)
+
+    try:
+        config = load_config(args.pyproject)
+        body(config, echo, scrub)
+    except PublishSkipped as exc:
+        echo(f"{label}: {exc}")
+        return 0
+    except (PublishUsageError, ConfigError) as exc:
+        print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
+        return 2
+    except PublishError as exc:
+        print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _root(config: Any) -> Path:
+    return config.root if config is not None else Path.cwd()
+
+
+def _reports(args: argparse.Namespace, config: Any) -> list[Path]:
+    if args.reports:
+        return [Path(p) for p in args.reports]
+    return [config.reports if config is not None else Path("reports")]
+
+
+def _artifact_path(config: Any) -> str:
+    """Where the default branch's job keeps metrics.json inside its artifacts."""
+    if config is None:
+        return "reports/metrics.json"
+    try:
+        relative = config.reports.resolve().relative_to(config.root.resolve()).as_posix()
+    except ValueError:
+        relative = "reports"
+    return f"{relative}/metrics.json"
+
+
+def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        folders = _reports(args, config)
+        if args.target == "mr":
+            from reporting.publish_mr import publish_mr
+
+            publish_mr(folders, env, kind=args.kind, dry_run=args.dry_run, root=_root(config),
+                       baseline_path=args.baseline, artifact_path=_artifact_path(config),
+                       echo=echo, scrub=scrub)
+        elif args.target == "wiki":
+            from reporting.publish_wiki import publish_wiki
+
+            publish_wiki(folders, env, settings=config.wiki if config is not None else None,
+                         kind=args.kind, dry_run=args.dry_run, echo=echo, scrub=scrub)
+        else:
+            from reporting.publish_artifacts import publish_artifacts
+
+            publish_artifacts(folders, env, config=config, root=_root(config), kind=args.kind,
+                              version=args.package_version, dry_run=args.dry_run, echo=echo)
+
+    return _run(args, env, body)
+
+
+def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.publish_artifacts import fetch_artifact
+
+        fetch_artifact(args.pipeline, args.dest, env, config=config,
+                       version=args.package_version, files=args.files or (), echo=echo)
+
+    return _run(args, env, body)
+
+
+def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.gitlab_client import PublishUsageError
+
+        if config is None:
+            raise PublishUsageError(f"{args.pyproject}: no [tool.nbgate] table (or no such file)")
+        cases = [c for c in config.cases() if args.kind in (None, c.pipeline.kind)]
+        pipelines = {c.pipeline.notebook for c in cases}
+        echo(f"{args.pyproject}: {len(cases)} case(s) in {len(pipelines)} pipeline(s); "
+             f"reports go to {_relative(config.reports)}/")
+        width = max((len(c.id) for c in cases), default=0)
+        for case in cases:
+            pipeline = case.pipeline
+            rules = ", ".join(f"{t.metric} {t.rule}" for t in pipeline.thresholds)
+            rules = rules or "no thresholds"
+            bits = [f"-m \"{pipeline.kind} and {case.runner.name}\"", rules,
+                    f"timeout {pipeline.timeout:g} s"]
+            if pipeline.outputs:
+                bits.append("outputs: " + ", ".join(pipeline.outputs))
+            if case.runner.gpu:
+                bits.append("needs a CUDA GPU")
+            echo(f"{case.id:<{width}}  " + "  ·  ".join(bits))
+
+    return _run(args, env, body)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

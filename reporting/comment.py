@@ -1,0 +1,372 @@
+"""The sticky merge request comment: verdict and deltas first, then the table, then details.
+
+Pure rendering: ``render_comment(CommentData)`` returns the note body. The pieces (numbers,
+deltas, the case table, failure blocks, image links) come from ``reporting.format`` so the
+comment agrees with summary.md. The body starts with a hidden marker (``<!-- nbgate:train -->``)
+that ``publish_mr`` finds the note by, and ends with a hidden state line holding the cases it
+shows, so that the jobs of one pipeline (CPU, GPU), published one after the other, add up in one
+comment instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbgate.ci_context import CIContext
+from nbgate.result import CaseResult
+from reporting.baseline import BaselineInfo, Comparison, MetricDelta
+from reporting.format import (
+    FAIL_MARK,
+    case_table,
+    counts,
+    failure_details,
+    figures_markdown,
+    fmt_number,
+    fmt_rule,
+    md_cell,
+    md_safe,
+    overall_mark,
+    short_reason,
+)
+from reporting.metrics_file import case_from_json, case_to_json
+
+KIND_WORDS = {"train": "Training", "score": "Scoring"}
+MAX_TABLE_ROWS = 100  # more cases: the rest is in summary.md; GitLab's limit is 1,000,000 chars
+MAX_FAILURE_BLOCKS = 10
+MAX_STATE_CHARS = 200_000  # above this the state is left out (jobs then overwrite each other)
+_STATE_PREFIX = "<!-- nbgate:state "
+_STATE_SUFFIX = " -->"
+
+
+def marker(kind: str) -> str:
+    """The hidden first line that identifies nbgate's comment for ``kind``."""
+    return f"<!-- nbgate:{kind} -->"
+
+
+def is_comment_for(body: str, kind: str) -> bool:
+    """Whether a note is nbgate's comment for ``kind``: the marker is its first line (a reply
+    quoting our comment has it after "> " and is not ours)."""
+    return body.lstrip().split("\n", 1)[0].strip() == marker(kind)
+
+
+@dataclass
+class CommentCase:
+    """One case as the comment shows it, and as the hidden state remembers it."""
+
+    result: CaseResult
+    base: dict[str, float | None] | None = None  # the baseline's metrics for this case
+    figures: dict[str, str] = field(default_factory=dict)  # figure path -> link
+    job_name: str | None = None  # the job that ran it (its artifacts hold the notebook)
+    job_url: str | None = None
+
+
+@dataclass
+class CommentData:
+    kind: str
+    pipeline: CIContext  # pipeline and commit to link to
+    cases: list[CommentCase]
+    baselines: list[BaselineInfo] = field(default_factory=list)  # distinct, in case order
+    no_baseline: str | None = None  # why cases have no baseline, said once
+
+
+# -- the hidden state ------------------------------------------------------------------------
+
+
+def encode_state(data: CommentData) -> str:
+    """The state line, or "" when it would be too big to carry."""
+    document = {
+        "v": 1,
+        "kind": data.kind,
+        "pipeline_id": data.pipeline.pipeline_id,
+        "baselines": [b.to_dict() for b in data.baselines],
+        "no_baseline": data.no_baseline,
+        "cases": [_case_state(c) for c in data.cases],
+    }
+    packed = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 9)
+    text = base64.b64encode(packed).decode()  # no "--" and no leading "/" can appear in it
+    return "" if len(text) > MAX_STATE_CHARS else f"{_STATE_PREFIX}{text}{_STATE_SUFFIX}"
+
+
+def _case_state(case: CommentCase) -> dict[str, Any]:
+    data = case_to_json(case.result)
+    data.pop("parameters", None)  # not shown; keeps the state small
+    failure = data.get("failure")
+    if failure:
+        for key, limit in (("traceback", 4000), ("source", 2000), ("message", 1000)):
+            if isinstance(failure.get(key), str) and len(failure[key]) > limit:
+                failure[key] = failure[key][-limit:] if key == "traceback" else failure[key][:limit]
+    base = None
+    if case.base is not None:
+        base = {k: (v if _finite(v) else None) for k, v in case.base.items()}
+    return {"result": data, "base": base, "figures": case.figures,
+            "job_name": case.job_name, "job_url": case.job_url}
+
+
+def decode_state(body: str) -> dict[str, Any] | None:
+    """The state a previous comment carried; None when absent or unreadable (then the new
+    comment simply starts over)."""
+    for line in reversed(body.split("\n")):
+        line = line.strip()
+        if line.startswith(_STATE_PREFIX) and line.endswith(_STATE_SUFFIX):
+            try:
+                raw = base64.b64decode(line[len(_STATE_PREFIX):-len(_STATE_SUFFIX)], validate=True)
+                document = json.loads(zlib.decompress(raw))
+            except (ValueError, zlib.error):
+                return None
+            return document if isinstance(document, dict) and document.get("v") == 1 else None
+    return None
+
+
+def merge_previous(data: CommentData, previous: Mapping[str, Any] | None) -> CommentData:
+    """Add the cases a previous comment showed for the same pipeline and kind (another job's),
+    so the comment shows the whole pipeline. A different pipeline starts over."""
+    if (
+        not previous
+        or previous.get("kind") != data.kind
+        or not data.pipeline.pipeline_id
+        or str(previous.get("pipeline_id")) != str(data.pipeline.pipeline_id)
+    ):
+        return data
+    current = {c.result.case_id: c for c in data.cases}
+    old_cases = [raw for raw in previous.get("cases") or []
+                 if isinstance(raw, dict) and isinstance(raw.get("result"), dict)]
+    for raw in old_cases:
+        # A re-run of the same job: its figures are already uploaded.
+        case = current.get(str(raw["result"].get("case_id")))
+        if case is not None and not case.figures and isinstance(raw.get("figures"), dict):
+            case.figures = {p: u for p, u in raw["figures"].items()
+                            if p in case.result.figures.values() and isinstance(u, str)}
+    merged: list[CommentCase] = []
+    for raw in old_cases:
+        try:
+            old = CommentCase(case_from_json(raw["result"]), raw.get("base"),
+                              dict(raw.get("figures") or {}), raw.get("job_name"),
+                              raw.get("job_url"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        merged.append(current.pop(old.result.case_id, old))
+    merged += current.values()
+    baselines = list(data.baselines)
+    for raw in previous.get("baselines") or []:
+        try:
+            info = BaselineInfo.from_dict(raw)
+        except (TypeError, ValueError):
+            continue
+        if info not in baselines:
+            baselines.append(info)
+    no_baseline = data.no_baseline or previous.get("no_baseline")
+    return CommentData(data.kind, data.pipeline, merged, baselines, no_baseline)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def comparison_of(cases: Sequence[CommentCase]) -> Comparison:
+    """Deltas per case from the baseline metrics each case carries."""
+    comparison: Comparison = {}
+    for case in cases:
+        result = case.result
+        if case.base is None or result.outcome == "skipped":
+            continue
+        comparison[result.case_id] = {
+            name: MetricDelta(value, _number(case.base.get(name)), name in case.base)
+            for name, value in result.metrics.items()
+        }
+    return comparison
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def render_comment(data: CommentData) -> str:
+    """The whole note body, safe to post (no line starts with "/", cells escaped)."""
+    results = [c.result for c in data.cases]
+    comparison = comparison_of(data.cases)
+    parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
+    shown = _table_rows(results)
+    if results:
+        parts.append(case_table(shown, comparison=comparison, case_label=_case_label))
+        if len(shown) < len(results):
+            parts.append(f"… and {len(results) - len(shown)} more cases: see summary.md in the "
+                         "job artifacts.")
+    parts.append(_baseline_text(data))
+    links = {path: link for c in data.cases for path, link in c.figures.items()}
+    figures = figures_markdown([r for r in results if r.figures and
+                                any(p in links for p in r.figures.values())],
+                               lambda p: links.get(p, p))
+    if figures:
+        parts.append(figures)
+    failed = [r for r in results if r.outcome == "failed"]
+    parts += [failure_details(r, max_chars=3000) for r in failed[:MAX_FAILURE_BLOCKS]]
+    if len(failed) > MAX_FAILURE_BLOCKS:
+        parts.append(f"… {len(failed) - MAX_FAILURE_BLOCKS} more failed cases: see junit.xml.")
+    parts.append(_links(data))
+    parts.append(_footer(data.pipeline))
+    state = encode_state(data)
+    if state:
+        parts.append(state)
+    return md_safe("\n\n".join(p for p in parts if p)) + "\n"
+
+
+def _case_label(result: CaseResult) -> str:
+    return result.notebook or result.case_id
+
+
+def _table_rows(results: Sequence[CaseResult]) -> list[CaseResult]:
+    """All cases, or (when there are too many) every failed one first, then the others."""
+    if len(results) <= MAX_TABLE_ROWS:
+        return list(results)
+    failed = [r for r in results if r.outcome == "failed"]
+    others = [r for r in results if r.outcome != "failed"]
+    return (failed + others)[:MAX_TABLE_ROWS]
+
+
+def headline(
+    kind: str,
+    results: Sequence[CaseResult],
+    comparison: Comparison,
+    baselines: Sequence[BaselineInfo] = (),
+) -> str:
+    """"### ✅ Training passed — 1 case, roc_auc 0.9931 (≥ 0.95), +0.0042 vs main"."""
+    word = KIND_WORDS.get(kind, kind.title())
+    tally = counts(results)
+    total = len(results)
+    noun = "case" if total == 1 else "cases"
+    if not results:
+        return f"### {overall_mark(results)} {word}: no cases reported"
+    if tally["failed"]:
+        status = "failed"
+        summary = f"{tally['failed']} of {total} {noun} failed"
+    elif tally["passed"]:
+        status = "passed"
+        summary = f"{total} {noun}"
+        if tally["skipped"]:
+            summary = f"{tally['passed']} passed, {tally['skipped']} skipped"
+    else:
+        status = "skipped"
+        summary = f"{total} {noun} skipped"
+        reason = next((r.skip_reason for r in results if r.skip_reason), None)
+        if reason:
+            summary += f": {md_cell(short_reason(reason))}"
+    text = f"### {overall_mark(results)} {word} {status} — {summary}"
+    key = _key_metric(results, comparison, baselines)
+    return f"{text}, {key}" if key else text
+
+
+def _key_metric(
+    results: Sequence[CaseResult], comparison: Comparison, baselines: Sequence[BaselineInfo]
+) -> str:
+    """The one number a reviewer wants: for a failed run the first violated rule (or the error),
+    else the first gated metric of the best case, with its change against the baseline."""
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        return _failed_metric(failed[0], comparison, baselines)
+    ran = [r for r in results if r.outcome == "passed"]
+    gated = [c for r in ran for c in r.thresholds]
+    recorded = [m for r in ran for m in r.metrics]
+    rule = gated[0].rule if gated else None
+    name = gated[0].metric if gated else (recorded[0] if recorded else None)
+    having = [r for r in ran if name is not None and _finite(r.metrics.get(name))]
+    if name is None or not having:
+        return ""
+    lower_is_better = rule is not None and rule.lstrip().startswith("<")
+    best = (min if lower_is_better else max)(having, key=lambda r: r.metrics[name])
+    text = f"{md_cell(name)} {fmt_number(best.metrics[name])}"
+    if rule:
+        text += f" ({fmt_rule(rule)})"
+    return text + _delta(best, name, comparison, baselines)
+
+
+def _failed_metric(
+    first: CaseResult, comparison: Comparison, baselines: Sequence[BaselineInfo]
+) -> str:
+    check = next((c for c in first.thresholds if not c.passed), None)
+    if check is None:
+        message = first.failure.message if first.failure else "failed"
+        return md_cell(short_reason(message, 80))
+    text = f"{md_cell(check.metric)} {fmt_number(check.value)} ({fmt_rule(check.rule)} {FAIL_MARK})"
+    return text + _delta(first, check.metric, comparison, baselines)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _delta(
+    result: CaseResult, name: str, comparison: Comparison, baselines: Sequence[BaselineInfo]
+) -> str:
+    delta = comparison.get(result.case_id, {}).get(name)
+    if delta is None or delta.text in ("", "new", "n/a"):
+        return ""
+    where = baselines[0].ref if len(baselines) == 1 and baselines[0].ref else "baseline"
+    return f", {delta.text} vs {md_cell(where)}"
+
+
+def _baseline_text(data: CommentData) -> str:
+    lines = [f"Baseline: {info.describe()}." for info in data.baselines]
+    if data.no_baseline and not data.baselines:
+        lines.append(f"No baseline: {md_cell(data.no_baseline)}; changes are not shown.")
+    elif data.no_baseline:
+        lines.append(f"Some cases have no baseline: {md_cell(data.no_baseline)}.")
+    return "  \n".join(lines)
+
+
+def _link(text: str, url: str | None) -> str:
+    if url and url.startswith(("http://", "https://")):
+        return f"[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
+    return md_cell(text)
+
+
+def _case_name(result: CaseResult) -> str:
+    """'training_example · train[cpu]' for link lists."""
+    stem = (result.notebook or result.case_id).rsplit("/", 1)[-1].removesuffix(".ipynb")
+    return f"{stem} · {result.kind}[{result.runner}]"
+
+
+def _links(data: CommentData) -> str:
+    ctx = data.pipeline
+    lines = []
+    bits = []
+    if ctx.pipeline_id:
+        bits.append("Pipeline " + _link(f"#{ctx.pipeline_id}", ctx.pipeline_url))
+    jobs = {c.job_name: c.job_url for c in data.cases if c.job_name}
+    if jobs:
+        label = "job" if len(jobs) == 1 else "jobs"
+        bits.append(f"{label} " + ", ".join(_link(n, u) for n, u in jobs.items()))
+    if ctx.commit_sha or ctx.commit_short_sha:
+        bits.append(f"commit `{md_cell((ctx.commit_short_sha or ctx.commit_sha or '')[:8])}`")
+    if bits:
+        lines.append("- " + ", ".join(bits))
+    for case in data.cases:
+        tracking = case.result.tracking
+        if tracking is not None and tracking.url:
+            lines.append(f"- MLflow run: {_link(_case_name(case.result), tracking.url)}")
+    notebooks = []
+    for case in data.cases:
+        path = case.result.executed_notebook
+        if not path:
+            continue
+        if case.job_url and case.job_url.startswith(("http://", "https://")):
+            url = f"{case.job_url.rstrip('/')}/artifacts/file/{path}"
+            notebooks.append(_link(_case_name(case.result), url))
+        else:
+            notebooks.append(f"`{md_cell(path)}`")
+    if notebooks:
+        lines.append("- Executed notebooks (job artifacts): " + ", ".join(notebooks))
+    if not lines:
+        return ""
+    return ("<details><summary>Links and context</summary>\n\n" + "\n".join(lines)
+            + "\n\n</details>")
+
+
+def _footer(ctx: CIContext) -> str:
+    where = f"pipeline {_link('#' + ctx.pipeline_id, ctx.pipeline_url)}" if ctx.pipeline_id \
+        else "a local run (no pipeline)"
+    return f"_Updated by nbgate on every pipeline of this MR; last update: {where}._"

@@ -1,0 +1,358 @@
+"""``nbgate publish mr``: one sticky comment per kind (train, score) on the merge request.
+
+The comment is created once and edited in place on every later pipeline. It is found by its
+marker on the first line among ALL the merge request's notes (every page: a busy MR has more
+than one), skipping system notes and, when ``GET /user`` tells us who we are, other people's
+notes. When several match (left by an earlier lost answer), the newest is kept and ours among
+the others are deleted, so duplicates heal instead of piling up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from gitlab.exceptions import GitlabError
+
+from nbgate.ci_context import CIContext
+from reporting.baseline import Baseline, load_baseline
+from reporting.comment import (
+    CommentCase,
+    CommentData,
+    decode_state,
+    is_comment_for,
+    merge_previous,
+    render_comment,
+)
+from reporting.gitlab_baseline import DEFAULT_ARTIFACT, BaselineLookup, fetch_baseline
+from reporting.gitlab_client import (
+    REQUEST_ERRORS,
+    GitLabSession,
+    PublishSkipped,
+    PublishUsageError,
+    RunReports,
+    connect,
+    kinds_in,
+    load_reports,
+    resolve_file,
+    results_of_kind,
+    run_context,
+)
+from reporting.metrics_file import MetricsFileError
+
+Echo = Callable[[str], None]
+WHAT = "the merge request comment"
+
+
+def publish_mr(
+    folders: Sequence[Path],
+    env: Mapping[str, str],
+    *,
+    kind: str | None = None,
+    dry_run: bool = False,
+    root: Path | None = None,
+    baseline_path: str | None = None,
+    artifact_path: str = DEFAULT_ARTIFACT,
+    echo: Echo = print,
+    scrub: Callable[[str], str] = lambda text: text,
+) -> None:
+    """Post (or with ``dry_run`` print) the comment for each kind in the reports.
+
+    ``baseline_path``: a local metrics.json to compare with instead of the default branch's job
+    artifacts (also NBGATE_BASELINE). ``scrub`` masks secrets in the body before it leaves.
+    """
+    root = root or Path.cwd()
+    env_ctx = CIContext.from_env(env)
+    session: GitLabSession | None = None
+    try:
+        session = connect(env, WHAT, write=True)
+    except PublishSkipped as skipped:
+        if not dry_run:
+            raise
+        echo(f"dry run ({skipped}); showing the comment from the reports only")
+    runs = load_reports(folders)
+    kinds = [kind] if kind else kinds_in(runs)
+    if not kinds or not any(results_of_kind(runs, k) for k in kinds):
+        what = f"no {kind} cases" if kind else "no train or score cases"
+        raise PublishSkipped(f"{what} in {', '.join(map(str, folders))}: nothing to post")
+    if session is not None:
+        session.user_id()  # a bad token fails here, on GET /user, before any other work
+    iid = find_merge_request(session, env_ctx) if session else None
+    if session and iid is None and not dry_run:
+        sha = env_ctx.commit_sha or "(unknown)"
+        raise PublishSkipped(f"no open merge request for commit {sha}: nothing to post")
+    lookups = _baselines(session, runs, env_ctx, baseline_path or env.get("NBGATE_BASELINE"),
+                         artifact_path, root)
+    for name, lookup in lookups.items():
+        echo(f"baseline for {name}: " + (lookup.baseline.info.source if lookup.baseline
+                                          else f"none ({lookup.reason})"))
+    for k in kinds:
+        if not results_of_kind(runs, k):
+            echo(f"no {k} cases in the reports: no {k} comment")
+            continue
+        data = comment_data(k, runs, env_ctx, lookups)
+        if dry_run or session is None or iid is None:  # (the last two only in a dry run)
+            _show(session, iid, data, runs, root, echo, scrub)
+        else:
+            _post(session, iid, data, runs, root, echo, scrub)
+
+
+def _show(
+    session: GitLabSession | None,
+    iid: int | None,
+    data: CommentData,
+    runs: Sequence[RunReports],
+    root: Path,
+    echo: Echo,
+    scrub: Callable[[str], str],
+) -> None:
+    """The dry run: the body that would be sent, figures as local paths (nothing uploaded).
+    With a session the existing comment is read, so the body is the one an update would send."""
+    data = _with_local_figures(data, runs, root)
+    previous = _existing(session, iid, data.kind)[0] if session and iid else None
+    data = merge_previous(data, decode_state(previous.body) if previous else None)
+    action = "update" if previous else "create"
+    target = f"!{iid}" if iid else "the merge request"
+    echo(f"--- dry run: would {action} the {data.kind} comment on {target}; body: ---")
+    echo(scrub(render_comment(data)).rstrip("\n"))
+    echo("--- end of body ---")
+
+
+# -- finding the merge request ---------------------------------------------------------------
+
+
+def find_merge_request(session: GitLabSession, ctx: CIContext) -> int | None:
+    """CI_MERGE_REQUEST_IID (MR pipelines), else the newest open MR that contains the commit,
+    else the first of CI_OPEN_MERGE_REQUESTS for this project; None when there is none."""
+    if ctx.merge_request_iid:
+        try:
+            return int(ctx.merge_request_iid)
+        except ValueError:
+            raise PublishUsageError(
+                f"CI_MERGE_REQUEST_IID={ctx.merge_request_iid!r} is not a number") from None
+    if ctx.commit_sha:
+        endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")
+        commit = session.project.commits.get(ctx.commit_sha, lazy=True)
+        try:
+            found = commit.merge_requests(state="opened", get_all=True)
+        except GitlabError as exc:
+            # A commit GitLab does not know (a local SHA) has no MR; any other 404 (project,
+            # access) is a real problem and must say so.
+            if not (exc.response_code == 404 and "commit" in str(exc.error_message).lower()):
+                raise session.error(exc, endpoint) from None
+            found = []
+        except REQUEST_ERRORS as exc:
+            raise session.unreachable(exc, endpoint) from None
+        iids = [int(mr["iid"]) for mr in found if isinstance(mr, dict) and "iid" in mr]
+        if iids:
+            return max(iids)  # iids grow with creation: the highest is the newest
+    return _from_open_list(ctx)
+
+
+def _from_open_list(ctx: CIContext) -> int | None:
+    for entry in (ctx.open_merge_requests or "").split(","):
+        project, _, iid = entry.strip().rpartition("!")
+        if iid.isdigit() and (not ctx.project_path or project in ("", ctx.project_path)):
+            return int(iid)
+    return None
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def _baselines(
+    session: GitLabSession | None,
+    runs: Sequence[RunReports],
+    env_ctx: CIContext,
+    local: str | None,
+    artifact_path: str,
+    root: Path,
+) -> dict[str, BaselineLookup]:
+    """One lookup per job that produced reports (keyed by job name or folder)."""
+    lookups: dict[str, BaselineLookup] = {}
+    local_lookup: BaselineLookup | None = None
+    if local:
+        try:
+            local_lookup = BaselineLookup(load_baseline(root / local, local))
+        except MetricsFileError as exc:
+            local_lookup = BaselineLookup(None, str(exc))
+    for run in runs:
+        key = _run_key(run)
+        if key in lookups:
+            continue
+        if local_lookup is not None:
+            lookups[key] = local_lookup
+        elif session is None:
+            lookups[key] = BaselineLookup(None, "not in GitLab CI and no --baseline given")
+        else:
+            lookups[key] = fetch_baseline(session, run.pipeline, env_ctx, artifact_path)
+    return lookups
+
+
+def _run_key(run: RunReports) -> str:
+    return run.pipeline.job_name or str(run.folder)
+
+
+def comment_data(
+    kind: str, runs: Sequence[RunReports], env_ctx: CIContext, lookups: Mapping[str, BaselineLookup]
+) -> CommentData:
+    """The cases of ``kind`` with their baseline metrics and the job that ran them."""
+    cases: dict[str, CommentCase] = {}
+    baselines = []
+    reasons = []
+    for run in runs:
+        lookup = lookups.get(_run_key(run), BaselineLookup(None, "not looked up"))
+        baseline: Baseline | None = lookup.baseline
+        for result in run.results:
+            if result.kind != kind:
+                continue
+            old = cases.get(result.case_id)
+            if old is not None and result.outcome == "skipped" and old.result.outcome != "skipped":
+                continue  # the GPU job's skip must not hide the CPU job's run
+            base_case = baseline.cases.get(result.case_id) if baseline else None
+            cases[result.case_id] = CommentCase(
+                result,
+                dict(base_case.metrics) if base_case else None,
+                {},
+                run.pipeline.job_name,
+                run.pipeline.job_url,
+            )
+            if baseline and base_case and baseline.info not in baselines:
+                baselines.append(baseline.info)
+            if baseline is None and lookup.reason and lookup.reason not in reasons:
+                reasons.append(lookup.reason)
+    ctx = run_context(runs, env_ctx)
+    return CommentData(kind, ctx, list(cases.values()), baselines, "; ".join(reasons) or None)
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> dict[str, Path]:
+    """Figure path (as the result names it) -> the file here."""
+    folders = {r.case_id: run.folder for run in runs for r in run.results}
+    found = {}
+    for case in data.cases:
+        for path in case.result.figures.values():
+            local = resolve_file(path, folders.get(case.result.case_id, root), root)
+            if local is not None:
+                found[path] = local
+    return found
+
+
+def _with_local_figures(data: CommentData, runs: Sequence[RunReports], root: Path) -> CommentData:
+    files = _figure_files(data, runs, root)
+    for case in data.cases:
+        case.figures = {p: _display(files[p]) for p in case.result.figures.values() if p in files}
+    return data
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _upload_figures(
+    session: GitLabSession, data: CommentData, runs: Sequence[RunReports], root: Path, echo: Echo
+) -> None:
+    files = _figure_files(data, runs, root)
+    for case in data.cases:
+        for name, path in case.result.figures.items():
+            if path in case.figures:
+                continue  # uploaded by an earlier job of this pipeline
+            local = files.get(path)
+            if local is None:
+                echo(f"figure {name!r} of {case.result.case_id}: {path} not found here; not shown")
+                continue
+            endpoint = session.endpoint("POST", "/uploads")
+            send = partial(session.project.upload, local.name, filepath=str(local))
+            uploaded: Any = session.call(endpoint, send)
+            url = uploaded.get("url") if isinstance(uploaded, dict) else None
+            if isinstance(url, str) and url:
+                case.figures[path] = url
+
+
+# -- the note --------------------------------------------------------------------------------
+
+
+def _list_notes(session: GitLabSession, iid: int) -> list[Any]:
+    mr = session.project.mergerequests.get(iid, lazy=True)
+    endpoint = session.endpoint("GET", f"/merge_requests/{iid}/notes")
+    hints = {404: f"merge request !{iid} was not found in project {session.project_id}, or the "
+                  "token cannot see it; check CI_MERGE_REQUEST_IID / CI_PROJECT_ID"}
+    return session.call(endpoint, lambda: list(mr.notes.list(
+        get_all=True, per_page=100, sort="asc", order_by="created_at")), hints)
+
+
+def _ours(session: GitLabSession, notes: Sequence[Any], kind: str) -> list[Any]:
+    user_id = session.user_id()
+    found = []
+    for note in notes:
+        body = getattr(note, "body", "") or ""
+        if getattr(note, "system", False) or not is_comment_for(body, kind):
+            continue
+        author = getattr(note, "author", None) or {}
+        if user_id is not None and author.get("id") != user_id:
+            continue
+        found.append(note)
+    return sorted(found, key=lambda n: (str(n.created_at), n.id))
+
+
+def _existing(session: GitLabSession | None, iid: int | None, kind: str) -> tuple[Any, list[Any]]:
+    """(the newest nbgate note for ``kind``, the older duplicates)."""
+    if session is None or iid is None:
+        return None, []
+    ours = _ours(session, _list_notes(session, iid), kind)
+    return (ours[-1], ours[:-1]) if ours else (None, [])
+
+
+def _post(
+    session: GitLabSession,
+    iid: int,
+    data: CommentData,
+    runs: Sequence[RunReports],
+    root: Path,
+    echo: Echo,
+    scrub: Callable[[str], str],
+) -> None:
+    note, duplicates = _existing(session, iid, data.kind)
+    data = merge_previous(data, decode_state(note.body) if note is not None else None)
+    _upload_figures(session, data, runs, root, echo)
+    body = scrub(render_comment(data))
+    mr = session.project.mergerequests.get(iid, lazy=True)
+    notes_path = f"/merge_requests/{iid}/notes"
+    hints = {403: "the token may not post notes on this merge request; it needs the api scope "
+                  "and the Developer role (a CI_JOB_TOKEN never can)"}
+    if note is None:
+        def existing() -> Any:
+            return _existing(session, iid, data.kind)[0]
+
+        note, created = session.create_once(
+            session.endpoint("POST", notes_path),
+            lambda **opts: mr.notes.create({"body": body}, **opts),
+            existing,
+            hints,
+        )
+        if created:
+            echo(f"created the {data.kind} comment on !{iid} (note {note.id})")
+            return
+        echo(f"GitLab's answer to creating the {data.kind} comment was lost, but the note is "
+             f"there (note {note.id}): not posting it twice")
+    if (note.body or "").strip() != body.strip():  # GitLab strips what it stores
+        note.body = body
+        session.call(session.endpoint("PUT", f"{notes_path}/{note.id}"), note.save, hints)
+        echo(f"updated the {data.kind} comment on !{iid} (note {note.id})")
+    else:
+        echo(f"the {data.kind} comment on !{iid} already shows this (note {note.id})")
+    if session.user_id() is None:
+        return  # without knowing who we are, an older match may be someone else's note
+    for extra in duplicates:
+        session.call(session.endpoint("DELETE", f"{notes_path}/{extra.id}"),
+                     partial(mr.notes.delete, extra.id))
+        echo(f"deleted duplicate {data.kind} comment (note {extra.id}) on !{iid}")
+

@@ -1,0 +1,213 @@
+"""``nbgate publish artifacts`` / ``nbgate fetch-artifact`` against the loopback GitLab stand-in."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbgate.config import NbgateConfig, load_config
+from reporting.gitlab_client import PublishError, PublishSkipped, PublishUsageError
+from reporting.publish_artifacts import (
+    fetch_artifact,
+    package_name,
+    package_version,
+    publish_artifacts,
+)
+
+try:
+    from tests.gitlab_standin import GitLabStandIn
+    from tests.test_publish_mr import SHA, Output, ci_env, skipped_case, train_case, write_reports
+except ImportError:
+    from gitlab_standin import GitLabStandIn
+    from test_publish_mr import SHA, Output, ci_env, skipped_case, train_case, write_reports
+
+MODEL = b'{"learner": {"gradient_booster": "tree"}}'
+
+
+def make_project(root: Path, *, version: str | None = None) -> NbgateConfig:
+    """A project whose training pipeline declares models/xgb_model.json as its output."""
+    (root / "notebooks").mkdir(parents=True, exist_ok=True)
+    (root / "notebooks" / "training_example.ipynb").write_text("{}", encoding="utf-8")
+    extra = f'version = "{version}"\n' if version else ""
+    (root / "pyproject.toml").write_text(textwrap.dedent("""
+        [tool.nbgate]
+        [[tool.nbgate.pipelines]]
+        notebook = "notebooks/training_example.ipynb"
+        kind = "train"
+        outputs = ["models/xgb_model.json"]
+        """) + extra, encoding="utf-8")
+    config = load_config(root / "pyproject.toml")
+    assert config is not None
+    return config
+
+
+def trained(root: Path, *results: Any, model: bytes | None = MODEL) -> Path:
+    if model is not None:
+        (root / "models").mkdir(exist_ok=True)
+        (root / "models" / "xgb_model.json").write_bytes(model)
+    return write_reports(root / "reports", list(results) or [train_case()])
+
+
+def upload(standin: GitLabStandIn, root: Path, config: NbgateConfig, *,
+           env: dict[str, str] | None = None, **kwargs: Any) -> Output:
+    out = Output(standin.private_token, standin.job_token)
+    publish_artifacts([root / "reports"], env or ci_env(standin), config=config, root=root,
+                      echo=out, **kwargs)
+    return out
+
+
+def fetch(standin: GitLabStandIn, dest: Path, config: NbgateConfig | None, *,
+          env: dict[str, str] | None = None, **kwargs: Any) -> Output:
+    out = Output(standin.private_token, standin.job_token)
+    fetch_artifact("training_example", dest, env or ci_env(standin), config=config, echo=out,
+                   **kwargs)
+    return out
+
+
+def test_names_and_versions() -> None:
+    from nbgate.ci_context import CIContext
+
+    assert package_name("notebooks/training_example.ipynb") == "training_example"
+    assert package_name("my model (v2).ipynb") == "my_model_v2"
+    ctx = CIContext(commit_sha=SHA, pipeline_id="1002")
+    assert package_version(ctx) == "01234567-1002"
+    assert package_version(ctx, "1.0.0") == "1.0.0+01234567-1002"
+    assert package_version(CIContext()) is None
+
+
+def test_model_is_uploaded_under_pipeline_name_and_version(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path, version="1.0.0")
+    trained(tmp_path)
+    out = upload(gitlab_standin, tmp_path, config)
+    assert "as training_example 1.0.0+01234567-1002 (xgb_model.json)" in out.text
+    assert gitlab_standin.package_file("training_example", "1.0.0+01234567-1002",
+                                       "xgb_model.json") == MODEL
+
+
+def test_a_job_token_may_upload_and_fetch(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path)
+    env = ci_env(gitlab_standin, REPO_TOKEN="", CI_JOB_TOKEN=gitlab_standin.job_token)
+    upload(gitlab_standin, tmp_path, config, env=env)
+    fetch(gitlab_standin, tmp_path / "scoring" / "model.json", config, env=env)
+    assert (tmp_path / "scoring" / "model.json").read_bytes() == MODEL
+    assert {r.token_header for r in gitlab_standin.request_log} == {"JOB-TOKEN"}
+
+
+def test_fetch_takes_the_newest_version_with_the_exact_name(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    gitlab_standin.add_package_file("training_example", "aaaa1111-1", "xgb_model.json", b"old")
+    gitlab_standin.add_package_file("training_example", "bbbb2222-2", "xgb_model.json", b"new")
+    # Created later and matched by GitLab's loose name filter, but another pipeline's model.
+    gitlab_standin.add_package_file("training_example_v2", "cccc3333-3", "xgb_model.json", b"v2")
+    out = fetch(gitlab_standin, tmp_path / "models" / "xgb_model.json", config)
+    assert (tmp_path / "models" / "xgb_model.json").read_bytes() == b"new"
+    assert "fetched training_example bbbb2222-2 xgb_model.json" in out.text
+    listing = gitlab_standin.requests_to("/packages", "GET")[0]
+    assert listing.query["package_type"] == "generic"
+    assert listing.query["order_by"] == "created_at" and listing.query["sort"] == "desc"
+
+
+def test_fetch_a_given_version_into_a_folder(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
+    config = make_project(tmp_path)
+    gitlab_standin.add_package_file("training_example", "aaaa1111-1", "xgb_model.json", b"old")
+    gitlab_standin.add_package_file("training_example", "bbbb2222-2", "xgb_model.json", b"new")
+    (tmp_path / "into").mkdir()
+    fetch(gitlab_standin, tmp_path / "into", config, version="aaaa1111-1")
+    assert (tmp_path / "into" / "xgb_model.json").read_bytes() == b"old"
+
+
+def test_fetch_without_config_uses_the_destination_name(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    gitlab_standin.add_package_file("training_example", "1", "xgb_model.json", MODEL)
+    fetch(gitlab_standin, tmp_path / "xgb_model.json", None)
+    assert (tmp_path / "xgb_model.json").read_bytes() == MODEL
+
+
+def test_upload_then_fetch_survive_transient_faults(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path)
+    put = gitlab_standin.fail_next(2, 503, "/packages/generic/", method="PUT")
+    upload(gitlab_standin, tmp_path, config)
+    listing = gitlab_standin.drop_next(1, "/packages?", method="GET")
+    download = gitlab_standin.drop_next(2, "/packages/generic/", method="GET")
+    fetch(gitlab_standin, tmp_path / "fetched.json", config)
+    assert put.remaining == listing.remaining == download.remaining == 0
+    assert (tmp_path / "fetched.json").read_bytes() == MODEL
+
+
+def test_fetch_with_nothing_published_fails_clearly(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    gitlab_standin.add_package_file("training_example_old", "1", "xgb_model.json", b"x")
+    with pytest.raises(PublishError, match="has no generic package named 'training_example'"):
+        fetch(gitlab_standin, tmp_path / "model.json", config)
+    assert not (tmp_path / "model.json").exists()
+
+
+def test_a_missing_file_leaves_the_destination_untouched(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    gitlab_standin.add_package_file("training_example", "1", "other.bin", b"x")
+    (tmp_path / "xgb_model.json").write_bytes(b"previous")
+    with pytest.raises(PublishError) as caught:
+        fetch(gitlab_standin, tmp_path / "xgb_model.json", config)
+    assert caught.value.status == 404
+    assert "has no file 'xgb_model.json'" in str(caught.value)
+    assert (tmp_path / "xgb_model.json").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failed_gate_publishes_no_model(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path, train_case("cpu", roc_auc=0.91, outcome="failed"), skipped_case())
+    held = r"1 case\(s\) failed .*a failed gate publishes no model"
+    with pytest.raises(PublishSkipped, match=held):
+        upload(gitlab_standin, tmp_path, config)
+    assert gitlab_standin.packages() == []
+
+
+def test_a_declared_output_that_was_not_written_is_an_error(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path, model=None)
+    with pytest.raises(PublishUsageError, match=r"declares output 'models/xgb_model\.json'"):
+        upload(gitlab_standin, tmp_path, config)
+    assert gitlab_standin.request_log == []
+
+
+def test_dry_run_says_what_would_be_uploaded(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path)
+    out = upload(gitlab_standin, tmp_path, config, dry_run=True)
+    assert ("would upload" in out.text and
+            "PUT /projects/:id/packages/generic/training_example/01234567-1002/xgb_model.json"
+            in out.text)
+    assert gitlab_standin.packages() == []
+
+
+def test_refused_upload_names_status_and_endpoint(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path)
+    trained(tmp_path)
+    gitlab_standin.fail_next(1, 403, "/packages/generic/", method="PUT")
+    with pytest.raises(PublishError) as caught:
+        upload(gitlab_standin, tmp_path, config)
+    assert caught.value.status == 403
+    assert caught.value.endpoint == ("PUT /projects/42/packages/generic/training_example/"
+                                     "01234567-1002/xgb_model.json")
+    assert "may not publish packages" in str(caught.value)
