@@ -112,12 +112,8 @@ def _label(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
     """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
     from nbgate.config import ConfigError, load_config
-    from reporting.gitlab_client import (
-        PublishError,
-        PublishSkipped,
-        PublishUsageError,
-        scrubber,
-    )
+    from reporting.gitlab_client import scrubber
+    from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 
     scrub = scrubber(env)
     label = _label(args)
@@ -196,7 +192,7 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.gitlab_client import PublishUsageError
+        from reporting.outcomes import PublishUsageError
 
         if config is None:
             raise PublishUsageError(f"{args.pyproject}: no [tool.nbgate] table (or no such file)")

@@ -1,5 +1,5 @@
-"""What every ``nbgate publish`` command shares: the token, the python-gitlab session, errors that
-say what to check, and the reports folder(s) being published.
+"""What every ``nbgate publish`` command shares: the token, the python-gitlab session and errors
+that say what to check.
 
 Facts this module relies on (shared/notes/gitlab.md):
 
@@ -13,17 +13,14 @@ Facts this module relies on (shared/notes/gitlab.md):
 - 401 raises ``GitlabAuthenticationError`` (not a ``GitlabHttpError``); other statuses raise
   ``GitlabGetError``/``GitlabCreateError``/... with ``.response_code``.
 
-Exit codes used by the CLI: ``PublishSkipped`` 0, ``PublishError`` 1, ``PublishUsageError`` 2.
+How a command ends (skipped, refused, bad input) is in ``reporting.outcomes``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import gitlab
@@ -32,8 +29,7 @@ from gitlab.exceptions import GitlabError
 
 from nbgate.ci_context import CIContext
 from nbgate.redact import Redactor
-from nbgate.result import CaseResult
-from reporting.metrics_file import MetricsFileError, parse_metrics
+from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 
 T = TypeVar("T")
 
@@ -55,35 +51,6 @@ TOKEN_ADVICE = "set REPO_TOKEN (a project access token with the api scope and th
 
 
 # -- outcomes --------------------------------------------------------------------------------
-
-
-class PublishSkipped(Exception):
-    """Nothing to do here (not in CI, no token, no merge request): one line, exit 0."""
-
-
-class PublishUsageError(Exception):
-    """Bad input on our side (missing reports, bad option): exit 2."""
-
-
-class PublishError(Exception):
-    """GitLab said no, or could not be reached after retrying: exit 1.
-
-    ``status`` is the final HTTP status (None when no answer came), ``endpoint`` the request
-    ("POST /projects/42/merge_requests/7/notes") and ``hint`` what to check.
-    """
-
-    def __init__(self, status: int | None, endpoint: str, hint: str, detail: str = "") -> None:
-        self.status = status
-        self.endpoint = endpoint
-        self.hint = hint
-        self.detail = detail
-        if status is None:
-            head = f"no answer from GitLab for {endpoint}"
-        else:
-            head = f"GitLab answered {status} for {endpoint}"
-        if detail:
-            head += f" ({detail})"
-        super().__init__(f"{head}: {hint}")
 
 
 # -- token -----------------------------------------------------------------------------------
@@ -339,100 +306,3 @@ def connect(
             f"skipped {what}: only CI_JOB_TOKEN is set, and a job token cannot post merge "
             f"request notes or write wiki pages; {TOKEN_ADVICE}")
     return GitLabSession(ctx.api_url, ctx.project_id, token, settings or Settings.from_env(env))
-
-
-# -- the reports being published -------------------------------------------------------------
-
-
-@dataclass
-class RunReports:
-    """One metrics.json: the run's CI context (of the job that ran pytest), its cases."""
-
-    folder: Path
-    pipeline: CIContext
-    results: list[CaseResult]
-    generated_at: str | None = None  # "2026-11-27T06:00:00Z"
-
-
-def load_reports(folders: Sequence[Path]) -> list[RunReports]:
-    """Read ``<folder>/metrics.json`` for each folder; a folder without one but with job
-    folders below it (``nbgate-jobs/<job>/metrics.json``, as the CI keeps them) reads those."""
-    runs: list[RunReports] = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise PublishUsageError(
-                f"reports folder {folder} does not exist: the train/score job (pytest) must run "
-                "first and pass its reports on as artifacts")
-        files = [folder / "metrics.json"]
-        if not files[0].is_file():
-            files = sorted(folder.glob("*/metrics.json"))
-        if not files:
-            raise PublishUsageError(
-                f"{folder / 'metrics.json'} is missing: the train/score job (pytest) must run "
-                "first and write its reports there")
-        for path in files:
-            runs.append(_read_run(path))
-    return runs
-
-
-def _read_run(path: Path) -> RunReports:
-    try:
-        raw = path.read_bytes()
-        document = json.loads(raw)
-    except OSError as exc:
-        raise PublishUsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PublishUsageError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        pipeline, results, _ = parse_metrics(document, str(path))
-    except MetricsFileError as exc:
-        raise PublishUsageError(str(exc)) from None
-    stamp = document.get("generated_at") if isinstance(document, dict) else None
-    return RunReports(path.parent, CIContext.from_dict(pipeline), results,
-                      stamp if isinstance(stamp, str) else None)
-
-
-def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:
-    """The cases of one kind across runs, once per case id (a later run wins, but a skipped
-    result never hides a real one: the GPU job may skip what the CPU job ran)."""
-    chosen: dict[str, CaseResult] = {}
-    for run in runs:
-        for result in run.results:
-            if result.kind != kind:
-                continue
-            old = chosen.get(result.case_id)
-            if old is None or result.outcome != "skipped" or old.outcome == "skipped":
-                chosen[result.case_id] = result
-    return list(chosen.values())
-
-
-def kinds_in(runs: Sequence[RunReports]) -> list[str]:
-    """train/score kinds present, in that order."""
-    present = {r.kind for run in runs for r in run.results}
-    return [k for k in ("train", "score") if k in present]
-
-
-def run_context(runs: Sequence[RunReports], env_ctx: CIContext) -> CIContext:
-    """The CI context to link to: the first run's (its job holds the artifacts), with pipeline
-    and commit filled from this job's environment when the run did not record them."""
-    ctx = runs[0].pipeline if runs else CIContext()
-    fill = {
-        name: getattr(env_ctx, name)
-        for name in ("pipeline_id", "pipeline_url", "commit_sha", "commit_short_sha",
-                     "project_url", "default_branch", "project_path", "server_url")
-        if getattr(ctx, name) is None and getattr(env_ctx, name) is not None
-    }
-    return CIContext.from_dict({**ctx.to_dict(), **fill})
-
-
-def resolve_file(path: str, reports: Path, root: Path) -> Path | None:
-    """Find a file a result names (figure, output): paths are relative to the repository root
-    of the job that ran pytest; the CI also copies reports to other folders (nbgate-jobs/<job>/),
-    so a file under the reports tree is looked up in ``reports`` first."""
-    candidates = []
-    parts = Path(path).parts
-    for marker in ("figures", "notebooks"):
-        if marker in parts:
-            candidates.append(reports.joinpath(*parts[parts.index(marker):]))
-    candidates += [root / path, Path(os.path.abspath(path))]
-    return next((c for c in candidates if c.is_file()), None)

@@ -28,15 +28,9 @@ from pathlib import Path, PurePosixPath
 from nbgate.ci_context import CIContext
 from nbgate.config import NbgateConfig
 from nbgate.result import CaseResult
-from reporting.gitlab_client import (
-    GitLabSession,
-    PublishError,
-    PublishSkipped,
-    PublishUsageError,
-    RunReports,
-    connect,
-    load_reports,
-)
+from reporting.gitlab_client import GitLabSession, connect
+from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
+from reporting.reports_folder import RunReports, load_reports
 
 Echo = Callable[[str], None]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")

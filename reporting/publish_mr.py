@@ -28,20 +28,17 @@ from reporting.comment import (
     render_comment,
 )
 from reporting.gitlab_baseline import DEFAULT_ARTIFACT, BaselineLookup, fetch_baseline
-from reporting.gitlab_client import (
-    REQUEST_ERRORS,
-    GitLabSession,
-    PublishSkipped,
-    PublishUsageError,
+from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect
+from reporting.metrics_file import MetricsFileError
+from reporting.outcomes import PublishSkipped, PublishUsageError
+from reporting.reports_folder import (
     RunReports,
-    connect,
     kinds_in,
     load_reports,
     resolve_file,
     results_of_kind,
     run_context,
 )
-from reporting.metrics_file import MetricsFileError
 
 Echo = Callable[[str], None]
 WHAT = "the merge request comment"

@@ -33,16 +33,9 @@ from nbgate.ci_context import CIContext
 from nbgate.config import WikiSettings
 from nbgate.result import CaseResult
 from reporting.format import MISSING, fmt_number, md_cell, md_safe, outcome_label
-from reporting.gitlab_client import (
-    REQUEST_ERRORS,
-    GitLabSession,
-    PublishSkipped,
-    RunReports,
-    connect,
-    kinds_in,
-    load_reports,
-    results_of_kind,
-)
+from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect
+from reporting.outcomes import PublishSkipped
+from reporting.reports_folder import RunReports, kinds_in, load_reports, results_of_kind
 
 Echo = Callable[[str], None]
 FIXED_COLUMNS = ("date (UTC)", "pipeline", "commit", "case", "outcome")

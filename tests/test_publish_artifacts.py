@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nbgate.config import NbgateConfig, load_config
-from reporting.gitlab_client import PublishError, PublishSkipped, PublishUsageError
+from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 from reporting.publish_artifacts import (
     fetch_artifact,
     package_name,

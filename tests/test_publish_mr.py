@@ -17,8 +17,8 @@ import pytest
 from nbgate.ci_context import CIContext
 from nbgate.result import CaseResult, Failure, ThresholdCheck, Tracking
 from reporting.comment import decode_state, is_comment_for, marker
-from reporting.gitlab_client import PublishError, PublishSkipped
 from reporting.metrics_file import build_metrics, write_metrics_json
+from reporting.outcomes import PublishError, PublishSkipped
 from reporting.publish_mr import publish_mr
 
 try:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from nbgate.config import WikiSettings
-from reporting.gitlab_client import PublishError, PublishSkipped, connect, load_reports
+from reporting.gitlab_client import connect
+from reporting.outcomes import PublishError, PublishSkipped
 from reporting.publish_wiki import (
     _write_page,
     case_labels,
@@ -19,6 +20,7 @@ from reporting.publish_wiki import (
     publish_wiki,
     split_row,
 )
+from reporting.reports_folder import load_reports
 
 try:
     from tests.gitlab_standin import GitLabStandIn
