@@ -90,7 +90,7 @@ class CaseRunner:
     def run(self, spec: CaseSpec, prestart_next: Callable[[], None] | None = None) -> CaseResult:
         run = CaseRun(spec, self.root, self.reports)
         if self.hook is not None:
-            self.hook.nbgate_case_start(run=run)
+            self.hook.pytest_nbgate_case_start(run=run)
         kernel_env = self.kernel_env()
         redactor = Redactor({**kernel_env, **run.case_env})
         execution = execute(
@@ -127,7 +127,7 @@ class CaseRunner:
         result.outcome = "failed" if result.failure else "passed"
         result.outputs = [o for o in spec.outputs if (self.root / o).is_file()]
         if self.hook is not None:
-            self.hook.nbgate_case_finish(run=run, result=result)
+            self.hook.pytest_nbgate_case_finish(run=run, result=result)
         return result
 
     def _relative(self, path: Path) -> str:

@@ -14,13 +14,13 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec
-def nbgate_case_start(run: CaseRun) -> None:
+def pytest_nbgate_case_start(run: CaseRun) -> None:
     """Before the notebook starts. Add variables the kernel should see to ``run.case_env``
     (for example ``MLFLOW_RUN_ID``); they are set inside the kernel before the first cell."""
 
 
 @hookspec
-def nbgate_case_finish(run: CaseRun, result: CaseResult) -> None:
+def pytest_nbgate_case_finish(run: CaseRun, result: CaseResult) -> None:
     """After the run and the threshold checks, before pytest hears the outcome.
 
     Implementations may enrich ``result`` (``result.tracking``) or fail it

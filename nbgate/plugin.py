@@ -227,11 +227,8 @@ class NotebookCase(pytest.Item):
             raise CaseFailed(result)
 
     def _prestart_next(self, state: NbgateState) -> Callable[[], None] | None:
-        following = self.stash.get(next_item_key, None)
-        if not isinstance(following, NotebookCase):
+        if not _needs_kernel(self.stash.get(next_item_key, None)):
             return None
-        if following.case.runner.gpu and not visible_cuda_devices():
-            return None  # it will be skipped; a kernel started for it would be wasted
         return state.runner.prestart
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -245,6 +242,8 @@ def _remember(item: pytest.Item, result: CaseResult) -> None:
     item.stash.setdefault(results_key, []).append(result)
     for name, value in result.metrics.items():
         item.user_properties.append((name, value))
+    if result.tracking is not None:
+        item.user_properties.extend(result.tracking.properties())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -253,7 +252,19 @@ def pytest_runtest_protocol(
 ) -> Generator[None, Any, Any]:
     # Only here does pytest (and xdist's worker loop) say which item runs next in this process.
     item.stash[next_item_key] = nextitem
+    if _needs_kernel(item):
+        # Usually a no-op: the previous case started this one's kernel. For the first case (or
+        # one after plain tests) the kernel boots while pytest sets the case up and nbgate reads
+        # the notebook, instead of after.
+        get_state(item.config).runner.prestart()
     return (yield)
+
+
+def _needs_kernel(item: pytest.Item | None) -> bool:
+    """Will ``item`` run a notebook here? A GPU case without a GPU is skipped before it would."""
+    if not isinstance(item, NotebookCase):
+        return False
+    return not (item.case.runner.gpu and not visible_cuda_devices())
 
 
 @pytest.hookimpl(wrapper=True)

@@ -58,6 +58,13 @@ class Tracking:
     experiment_id: str | None = None
     tracking_uri: str | None = None  # never carries credentials
 
+    def properties(self) -> list[tuple[str, str]]:
+        """How the run appears in JUnit ``user_properties`` (pytest's and nbgate's junit.xml)."""
+        pairs = [("mlflow.run_id", self.run_id)]
+        if self.url:
+            pairs.append(("mlflow.url", self.url))
+        return pairs
+
 
 @dataclass
 class CaseResult:

@@ -49,9 +49,7 @@ def _properties(result: CaseResult) -> list[tuple[str, str]]:
             verdict += f": {check.reason}"
         props.append((f"threshold.{check.metric}", f"{fmt_rule(check.rule)} ({verdict})"))
     if result.tracking is not None:
-        props.append(("mlflow.run_id", result.tracking.run_id))
-        if result.tracking.url:
-            props.append(("mlflow.url", result.tracking.url))
+        props += result.tracking.properties()
     if result.executed_notebook:
         props.append(("nbgate.executed_notebook", result.executed_notebook))
     props += [(f"figure.{name}", path) for name, path in result.figures.items()]
