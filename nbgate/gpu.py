@@ -27,6 +27,13 @@ def visible_cuda_devices() -> int:
     return count.value
 
 
+def missing_gpu_failure() -> str:
+    return (
+        "no CUDA GPU visible and a GPU is required (--nbgate-require-gpu / NBGATE_REQUIRE_GPU): "
+        "this job must run on a GPU runner with the NVIDIA driver"
+    )
+
+
 def missing_gpu_reason() -> str:
     return (
         "no CUDA GPU visible: run it on a GPU runner (CI: the TRAIN_GPU_RUNNER tag); "

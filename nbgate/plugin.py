@@ -7,6 +7,7 @@ imported when a case runs.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ import pytest
 from nbgate import hookspecs
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
-from nbgate.gpu import missing_gpu_reason, visible_cuda_devices
+from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
+from nbgate.kernels import prestart_depth
 from nbgate.render import render_failure
 from nbgate.result import CaseResult, Failure
 from nbgate.thresholds import parse_rule
@@ -56,7 +58,8 @@ class NbgateState:
 
 state_key = pytest.StashKey[NbgateState]()
 results_key = pytest.StashKey[list[CaseResult]]()
-next_item_key = pytest.StashKey[pytest.Item | None]()
+next_item_key = pytest.StashKey[list[pytest.Item]]()  # the items after this one, see _upcoming
+positions_key = pytest.StashKey[dict[int, int]]()
 
 
 def get_state(config: pytest.Config) -> NbgateState:
@@ -211,11 +214,7 @@ class NotebookCase(pytest.Item):
             reason = missing_gpu_reason()
             if state.require_gpu:
                 result.outcome = "failed"
-                result.failure = Failure(
-                    "gpu_missing",
-                    reason.split(";")[0] + " and a GPU is "
-                    "required (--nbgate-require-gpu / NBGATE_REQUIRE_GPU)",
-                )
+                result.failure = Failure("gpu_missing", missing_gpu_failure())
                 _remember(self, result)
                 raise CaseFailed(result)
             result.skip_reason = reason
@@ -227,9 +226,11 @@ class NotebookCase(pytest.Item):
             raise CaseFailed(result)
 
     def _prestart_next(self, state: NbgateState) -> Callable[[], None] | None:
-        if not _needs_kernel(self.stash.get(next_item_key, None)):
+        ahead = sum(map(_needs_kernel, self.stash.get(next_item_key, ())))
+        if not ahead:
             return None
-        return state.runner.prestart
+        runner = state.runner
+        return functools.partial(runner.pool.prestart, runner.root, runner.kernel_env(), ahead)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # The domain heads the failure section, so it is the full case id. pytest rewrites dots
@@ -251,13 +252,39 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, Any, Any]:
     # Only here does pytest (and xdist's worker loop) say which item runs next in this process.
-    item.stash[next_item_key] = nextitem
+    upcoming = _upcoming(item, nextitem)
+    item.stash[next_item_key] = upcoming
     if _needs_kernel(item):
-        # Usually a no-op: the previous case started this one's kernel. For the first case (or
-        # one after plain tests) the kernel boots while pytest sets the case up and nbgate reads
-        # the notebook, instead of after.
-        get_state(item.config).runner.prestart()
+        # Usually a no-op: the previous case started these kernels. For the first case (or one
+        # after plain tests) they boot while pytest sets the case up and nbgate reads the
+        # notebook, instead of after.
+        runner = get_state(item.config).runner
+        ahead = sum(map(_needs_kernel, [item, *upcoming][: _prestart_depth()]))
+        runner.pool.prestart(runner.root, runner.kernel_env(), ahead)
     return (yield)
+
+
+def _upcoming(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.Item]:
+    """The items that run next in this process, as many as kernels may boot ahead."""
+    if nextitem is None:
+        return []
+    depth = _prestart_depth()
+    items = item.session.items
+    if depth == 1 or hasattr(item.config, "workerinput"):
+        return [nextitem]  # an xdist worker learns its items one at a time
+    positions = item.session.stash.get(positions_key, None)
+    if positions is None:
+        positions = item.session.stash[positions_key] = {id(it): i for i, it in enumerate(items)}
+    at = positions.get(id(nextitem))
+    if at is None or items[at] is not nextitem:
+        return [nextitem]
+    return items[at : at + depth]
+
+
+def _prestart_depth() -> int:
+    # The same worker count CaseRunner uses to share the cores between kernels.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return prestart_depth(workers, os.cpu_count() or 1)
 
 
 def _needs_kernel(item: pytest.Item | None) -> bool:
