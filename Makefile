@@ -29,7 +29,7 @@ tools:
 
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest tests -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(VENV)/bin/pytest tests -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m bench

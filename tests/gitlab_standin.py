@@ -200,7 +200,7 @@ class ArtifactSet:
 
 @dataclass
 class RequestRecord:
-    """One request as the stand-in saw it. Token values are never kept, only where they came from."""
+    """One request as the stand-in saw it: where a token came from, never its value."""
 
     method: str
     path: str  # raw (still percent-encoded) path including /api/v4, without the query
@@ -1501,7 +1501,7 @@ class _Handler(BaseHTTPRequestHandler):
             return standin.dispatch(req)
         except ApiError as error:
             return json_response(error.status, error.payload, error.headers)
-        except Exception:  # noqa: BLE001 - a stand-in bug must reach the test as a 500, not a hang
+        except Exception:  # a stand-in bug must reach the test as a 500, not a hang
             with standin._lock:
                 standin._internal_errors.append(traceback.format_exc())
             return json_response(500, {"message": "500 Internal Server Error"})
