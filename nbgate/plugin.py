@@ -18,6 +18,7 @@ import pytest
 
 from nbgate import hookspecs
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
+from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
@@ -37,6 +38,7 @@ class NbgateState:
     require_gpu: bool
     in_ci: bool
     cases_by_notebook: dict[str, list[Case]] = field(default_factory=dict)
+    selection: CommitSelection | None = None  # from --nbgate-commit
 
     def spec_for(self, case: Case) -> CaseSpec:
         assert self.config is not None
@@ -136,11 +138,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: a notebook case on runner {name} ({where})")
     for case in nbgate_config.cases():
         state.cases_by_notebook.setdefault(case.pipeline.notebook, []).append(case)
+    state.selection = _commit_selection(config, nbgate_config)
     # MLflow run per case (declared and run_notebook ones); `-p no:nbgate-tracking` turns it off.
     from nbgate.tracking import PLUGIN_NAME, Tracker
 
     if not config.pluginmanager.is_blocked(PLUGIN_NAME):
         config.pluginmanager.register(Tracker(root, nbgate_config.tracking_optional), PLUGIN_NAME)
+
+
+def _commit_selection(config: pytest.Config, nbgate_config: NbgateConfig) -> CommitSelection | None:
+    # Checked before collection, so a bad title fails before any case is listed.
+    message = config.getoption("nbgate_commit")
+    if message is None:
+        return None
+    try:
+        return selection_for(nbgate_config, message or None, os.environ)
+    except SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -167,16 +181,9 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    message = config.getoption("nbgate_commit")
-    state = get_state(config)
-    if message is None or state.config is None:
+    selection = get_state(config).selection
+    if selection is None:
         return
-    from nbgate.commit_select import SelectionError, selection_for
-
-    try:
-        selection = selection_for(state.config, message or None, os.environ)
-    except SelectionError as exc:
-        raise pytest.UsageError(str(exc)) from None
     kept, dropped = [], []
     for item in items:
         if isinstance(item, NotebookCase) and not selection.keeps(item.case):
