@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIALS?", re.IGNORECASE)
@@ -21,11 +21,12 @@ def strip_ansi(text: str) -> str:
 class Redactor:
     """Replaces the values of secret-looking environment variables with a mask."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, always: Iterable[str] = ()) -> None:
+        """``always``: values masked whatever their length (a token known to be one)."""
         env = os.environ if env is None else env
         values = {
             v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH
-        }
+        } | {v for v in always if v.strip()}
         # Longest first so a secret that contains another is masked whole.
         ordered = sorted(values, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None

@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import pytest
 
 from nbgate.ci_context import CIContext
-from nbgate.redact import MASK, Redactor
+from nbgate.redact import Redactor
 from nbgate.result import CaseResult, Failure, Tracking
 
 if TYPE_CHECKING:
@@ -425,8 +425,10 @@ class Tracker:
         with contextlib.suppress(Exception), self._harness_env():
             self._get_client().set_terminated(run_id, "FAILED")
 
-    def _redactor(self, case_env: Mapping[str, str]) -> _TokenRedactor:
-        return _TokenRedactor({**self.env, **case_env})
+    def _redactor(self, case_env: Mapping[str, str]) -> Redactor:
+        # The tracking token is masked whatever its length: it is known to be a secret.
+        env = {**self.env, **case_env}
+        return Redactor(env, always=[env.get("MLFLOW_TRACKING_TOKEN", "")])
 
     def _warn(self, run: CaseRun, problems: list[str]) -> None:
         reason = "; ".join(dict.fromkeys(problems))
@@ -444,28 +446,6 @@ class Tracker:
         for run_id in list(self._open_runs):
             self._terminate_quietly(run_id)
         self._open_runs.clear()
-
-
-class _TokenRedactor(Redactor):
-    """The harness's redactor, plus the tracking token whatever its length."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        super().__init__(env)
-        token = env.get("MLFLOW_TRACKING_TOKEN", "")
-        self._token = token if token.strip() else None
-
-    def text(self, value: str) -> str:
-        value = super().text(value)
-        return value.replace(self._token, MASK) if self._token else value
-
-    def deep(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, list):
-            return [self.deep(v) for v in value]
-        if isinstance(value, dict):
-            return type(value)((k, self.deep(v)) for k, v in value.items())
-        return value
 
 
 # -- naming ----------------------------------------------------------------------------------

@@ -306,3 +306,22 @@ def connect(
             f"skipped {what}: only CI_JOB_TOKEN is set, and a job token cannot post merge "
             f"request notes or write wiki pages; {TOKEN_ADVICE}")
     return GitLabSession(ctx.api_url, ctx.project_id, token, settings or Settings.from_env(env))
+
+
+def connect_unless_dry_run(
+    env: Mapping[str, str],
+    what: str,
+    *,
+    write: bool,
+    dry_run: bool,
+    echo: Callable[[str], None],
+    settings: Settings | None = None,
+) -> GitLabSession | None:
+    """``connect``, except that a dry run without CI or token goes on offline (None)."""
+    try:
+        return connect(env, what, write=write, settings=settings)
+    except PublishSkipped as skipped:
+        if not dry_run:
+            raise
+        echo(f"dry run ({skipped})")
+        return None

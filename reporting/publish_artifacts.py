@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from nbgate.ci_context import CIContext
 from nbgate.config import NbgateConfig
 from nbgate.result import CaseResult
-from reporting.gitlab_client import GitLabSession, connect
+from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
 from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 from reporting.reports_folder import RunReports, load_reports
 
@@ -151,13 +151,9 @@ def publish_artifacts(
     dry_run: bool = False,
     echo: Echo = print,
 ) -> None:
-    session: GitLabSession | None = None
-    try:
-        session = connect(env, "publishing artifacts", write=False)
-    except PublishSkipped as skipped:
-        if not dry_run:
-            raise
-        echo(f"dry run ({skipped})")
+    session = connect_unless_dry_run(
+        env, "publishing artifacts", write=False, dry_run=dry_run, echo=echo
+    )
     runs = load_reports(folders)
     uploads = plan_uploads(runs, config, root, CIContext.from_env(env), kind=kind,
                            version=version, echo=echo)

@@ -28,12 +28,12 @@ from reporting.comment import (
     render_comment,
 )
 from reporting.gitlab_baseline import DEFAULT_ARTIFACT, BaselineLookup, fetch_baseline
-from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect
+from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
 from reporting.metrics_file import MetricsFileError
 from reporting.outcomes import PublishSkipped, PublishUsageError
 from reporting.reports_folder import (
     RunReports,
-    kinds_in,
+    kinds_to_publish,
     load_reports,
     resolve_file,
     results_of_kind,
@@ -63,18 +63,9 @@ def publish_mr(
     """
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
-    session: GitLabSession | None = None
-    try:
-        session = connect(env, WHAT, write=True)
-    except PublishSkipped as skipped:
-        if not dry_run:
-            raise
-        echo(f"dry run ({skipped}); showing the comment from the reports only")
+    session = connect_unless_dry_run(env, WHAT, write=True, dry_run=dry_run, echo=echo)
     runs = load_reports(folders)
-    kinds = [kind] if kind else kinds_in(runs)
-    if not kinds or not any(results_of_kind(runs, k) for k in kinds):
-        what = f"no {kind} cases" if kind else "no train or score cases"
-        raise PublishSkipped(f"{what} in {', '.join(map(str, folders))}: nothing to post")
+    kinds = kinds_to_publish(runs, kind, folders, "nothing to post")
     if session is not None:
         session.user_id()  # a bad token fails here, on GET /user, before any other work
     iid = find_merge_request(session, env_ctx) if session else None

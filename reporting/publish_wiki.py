@@ -33,9 +33,8 @@ from nbgate.ci_context import CIContext
 from nbgate.config import WikiSettings
 from nbgate.result import CaseResult
 from reporting.format import MISSING, fmt_number, md_cell, md_safe, outcome_label
-from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect
-from reporting.outcomes import PublishSkipped
-from reporting.reports_folder import RunReports, kinds_in, load_reports, results_of_kind
+from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.reports_folder import RunReports, kinds_to_publish, load_reports, results_of_kind
 
 Echo = Callable[[str], None]
 FIXED_COLUMNS = ("date (UTC)", "pipeline", "commit", "case", "outcome")
@@ -235,19 +234,11 @@ def publish_wiki(
     """Add this run's rows to the history page of each kind in the reports."""
     settings = settings or WikiSettings()
     env_ctx = CIContext.from_env(env)
-    session: GitLabSession | None = None
-    try:
-        session = connect(env, "the wiki history", write=True)
-    except PublishSkipped as skipped:
-        if not dry_run:
-            raise
-        echo(f"dry run ({skipped}); showing the page as if it were new")
+    session = connect_unless_dry_run(
+        env, "the wiki history", write=True, dry_run=dry_run, echo=echo
+    )
     runs = load_reports(folders)
-    kinds = [kind] if kind else kinds_in(runs)
-    if not kinds or not any(results_of_kind(runs, k) for k in kinds):
-        what = f"no {kind} cases" if kind else "no train or score cases"
-        where = ", ".join(map(str, folders))
-        raise PublishSkipped(f"{what} in {where}: nothing to add to the wiki")
+    kinds = kinds_to_publish(runs, kind, folders, "nothing to add to the wiki")
     for k in kinds:
         title = settings.train_title if k == "train" else settings.score_title
         chosen = {id(r) for r in results_of_kind(runs, k)}  # one result per case

@@ -11,7 +11,7 @@ from pathlib import Path
 from nbgate.ci_context import CIContext
 from nbgate.result import CaseResult
 from reporting.metrics_file import MetricsFileError, parse_metrics
-from reporting.outcomes import PublishUsageError
+from reporting.outcomes import PublishSkipped, PublishUsageError
 
 
 @dataclass
@@ -74,6 +74,17 @@ def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:
             if old is None or result.outcome != "skipped" or old.outcome == "skipped":
                 chosen[result.case_id] = result
     return list(chosen.values())
+
+
+def kinds_to_publish(
+    runs: Sequence[RunReports], kind: str | None, folders: Sequence[Path], nothing: str
+) -> list[str]:
+    """The kinds a publish command works on, or PublishSkipped when the reports hold none."""
+    kinds = [kind] if kind else kinds_in(runs)
+    if not kinds or not any(results_of_kind(runs, k) for k in kinds):
+        what = f"no {kind} cases" if kind else "no train or score cases"
+        raise PublishSkipped(f"{what} in {', '.join(map(str, folders))}: {nothing}")
+    return kinds
 
 
 def kinds_in(runs: Sequence[RunReports]) -> list[str]:
