@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 STARTUP_TIMEOUT = 60.0
+MAX_AHEAD = 2  # kernels booting ahead of need; each idle one holds ~50 MB (see prestart_depth)
 
 
 def kernel_environment(
@@ -38,12 +40,28 @@ def kernel_environment(
     ``-n 2`` than serially. Each kernel gets its fair share unless the user set a limit.
     """
     env = dict(base)
+    # pytest rewrites PYTEST_CURRENT_TEST for every test phase. A kernel started ahead for the
+    # next case would carry the current case's value, and since a pooled kernel is reused only
+    # for an identical environment (KernelKey), keeping it made every prestarted kernel a
+    # mismatch: each case then booted a second kernel and threw the first away.
+    env.pop("PYTEST_CURRENT_TEST", None)
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences a debugpy warning per kernel
     if parallel_workers > 1:
         share = str(max(1, cores // parallel_workers))
         for name in THREAD_VARIABLES:
             env.setdefault(name, share)
     return env
+
+
+def prestart_depth(parallel_workers: int, cores: int) -> int:
+    """How many kernels a pytest process boots ahead of need: one per core it may use.
+
+    A kernel start-up is ~0.4 s of one core's time, most of a small notebook's cost. On 2
+    cores, booting 8 kernels one at a time took 0.63-0.94 s per kernel, two at a time
+    0.32-0.34 s, three at a time 0.31 s. Under pytest-xdist the workers share the cores, so
+    each boots one.
+    """
+    return max(1, min(MAX_AHEAD, cores // max(1, parallel_workers)))
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,8 @@ class KernelPool:
             target=self._loop.run_forever, name="nbgate-kernels", daemon=True
         )
         self._thread.start()
-        self._spare: tuple[KernelKey, Future[Kernel]] | None = None
+        # Kernels started ahead of need, oldest first; any of them serves any case of its key.
+        self._spares: deque[tuple[KernelKey, Future[Kernel]]] = deque()
         self._stopping: set[Future[None]] = set()
         self._closed = False
 
@@ -94,49 +113,58 @@ class KernelPool:
 
     # -- kernels ---------------------------------------------------------------------------
     def acquire(self, cwd: Path, env: Mapping[str, str]) -> Kernel:
-        """A ready kernel for ``cwd``/``env``: the spare started ahead if it matches, else new."""
+        """A ready kernel for ``cwd``/``env``: the oldest spare of that key, else a new one."""
         key = KernelKey.of(cwd, env)
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare_key, future = spare
-            if spare_key == key:
-                try:
-                    return future.result(STARTUP_TIMEOUT + 5)
-                except Exception:
-                    pass  # a failed spare is no reason to fail the case; start a fresh one
-            else:
-                future.add_done_callback(self._release_done)
+        self._drop_spares_except(key)
+        while self._spares:
+            _, future = self._spares.popleft()
+            try:
+                return future.result(STARTUP_TIMEOUT + 5)
+            except Exception:
+                pass  # a failed spare is no reason to fail the case; try the next, or start one
         return self.call(self._start(cwd, env), STARTUP_TIMEOUT + 5)
 
-    def prestart(self, cwd: Path, env: Mapping[str, str]) -> None:
-        """Start a kernel for the next case now, while the current one runs."""
-        if self._closed or self._spare is not None:
+    def prestart(self, cwd: Path, env: Mapping[str, str], ahead: int = 1) -> None:
+        """Have ``ahead`` kernels for ``cwd``/``env`` starting or ready for the coming cases.
+
+        They boot while the current case runs; ``ahead`` > 1 boots several at once, which on
+        a machine with idle cores turns a run of small notebooks from one kernel start-up per
+        case into a fraction of one (see ``prestart_depth``).
+        """
+        if self._closed:
             return
-        self._spare = (KernelKey.of(cwd, env), self.submit(self._start(cwd, env)))
+        key = KernelKey.of(cwd, env)
+        self._drop_spares_except(key)
+        for _ in range(ahead - len(self._spares)):
+            self._spares.append((key, self.submit(self._start(cwd, env))))
 
     def release(self, kernel: Kernel) -> None:
         """Kill the kernel in the background; nothing waits for it until close()."""
-        future = self.submit(self._stop(kernel))
-        self._stopping.add(future)
-        future.add_done_callback(self._stopping.discard)
+        self._track(self.submit(self._stop(kernel)))
 
-    def _release_done(self, future: Future[Kernel]) -> None:
-        with contextlib.suppress(Exception):
-            self.release(future.result())
+    def _drop_spares_except(self, key: KernelKey) -> None:
+        # A spare for another key (the environment changed, e.g. a test set a variable) would
+        # never be used: kill it once it is up.
+        for spare in [s for s in self._spares if s[0] != key]:
+            self._spares.remove(spare)
+            self._track(self.submit(self._stop_when_started(spare[1])))
+
+    def _track(self, stopping: Future[None]) -> None:
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the spare and every kernel still shutting down, then the loop."""
+        """Stop the spares and every kernel still shutting down, then the loop."""
         if self._closed:
             return
         self._closed = True
-        if self._spare is not None:
-            _, future = self._spare
-            self._spare = None
+        while self._spares:
+            _, starting = self._spares.popleft()
+            self._track(self.submit(self._stop_when_started(starting)))
+        for stopping in list(self._stopping):
+            # A spare may still be booting: it is killed once up, not left behind.
             with contextlib.suppress(Exception):
-                self.release(future.result(STARTUP_TIMEOUT))
-        for future in list(self._stopping):
-            with contextlib.suppress(Exception):
-                future.result(timeout)
+                stopping.result(STARTUP_TIMEOUT + timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 
@@ -158,6 +186,10 @@ class KernelPool:
             ) from exc
         client.allow_stdin = False
         return Kernel(manager, client)
+
+    async def _stop_when_started(self, starting: Future[Kernel]) -> None:
+        with contextlib.suppress(Exception):
+            await self._stop(await asyncio.wrap_future(starting))
 
     @staticmethod
     async def _stop(kernel: Kernel) -> None:
