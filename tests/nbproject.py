@@ -65,3 +65,12 @@ def junit_cases(path: Path) -> dict[str, ET.Element]:
     for case in ET.parse(path).getroot().iter("testcase"):
         cases[case.get("name", "")] = case
     return cases
+
+
+def process_alive(pid: int) -> bool:
+    """Running, that is: a killed orphan stays a zombie until init reaps it, which can be never."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
