@@ -6,6 +6,7 @@ so pytest can show it as a usage error instead of a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -93,13 +94,6 @@ class NbgateConfig:
     def cases(self) -> list[Case]:
         return [Case(p, self.runners[r]) for p in self.pipelines for r in p.runners]
 
-    def cases_for(self, notebook: Path) -> list[Case]:
-        try:
-            rel = notebook.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return []
-        return [c for c in self.cases() if c.pipeline.notebook == rel]
-
     def parameters_for(self, case: Case, in_ci: bool) -> dict[str, Any]:
         """Pipeline, then runner, then (in CI) ci parameters: later ones win."""
         merged = {**case.pipeline.parameters, **case.runner.parameters}
@@ -126,6 +120,7 @@ class _Parser:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.root = path.parent
+        self.real_root = os.path.realpath(self.root)
 
     def fail(self, where: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {where}: {problem}")
@@ -317,21 +312,25 @@ class _Parser:
             version=version,
         )
 
-    def inside_root(self, where: str, value: str) -> Path:
-        path = Path(value)
-        resolved = (self.root / path).resolve()
-        if path.is_absolute() or not resolved.is_relative_to(self.root.resolve()):
+    def inside_root(self, where: str, value: str) -> str:
+        """The real path of ``value``, which must stay inside the root (symlinks followed).
+
+        String operations, not pathlib: this runs for every declared pipeline on every pytest
+        start, and thousands of Path.resolve() calls showed up in collection time.
+        """
+        real = os.path.realpath(os.path.join(self.real_root, value))
+        if os.path.isabs(value) or not real.startswith(self.real_root + os.sep):
             raise self.fail(where, f"{value!r} must be a path inside {self.root}")
-        return resolved
+        return real
 
     def notebook_path(self, where: str, value: Any) -> str:
         self.typed(where, value, str, "a path to an .ipynb file")
         if not value.endswith(".ipynb"):
             raise self.fail(where, f"{value!r} is not an .ipynb file")
-        resolved = self.inside_root(where, value)
-        if not resolved.is_file():
+        real = self.inside_root(where, value)
+        if not os.path.isfile(real):
             raise self.fail(where, f"notebook file {value!r} does not exist under {self.root}")
-        return resolved.relative_to(self.root.resolve()).as_posix()
+        return Path(real[len(self.real_root) + 1 :]).as_posix()
 
 
 def _pipeline_where(index: int, notebook: Any) -> str:

@@ -37,7 +37,7 @@ class NbgateState:
     runner: CaseRunner
     require_gpu: bool
     in_ci: bool
-    cases_by_notebook: dict[str, list[Case]] = field(default_factory=dict)
+    cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
 
     def spec_for(self, case: Case) -> CaseSpec:
@@ -137,7 +137,8 @@ def pytest_configure(config: pytest.Config) -> None:
         where = "a CUDA GPU" if runner.gpu else "the CPU"
         config.addinivalue_line("markers", f"{name}: a notebook case on runner {name} ({where})")
     for case in nbgate_config.cases():
-        state.cases_by_notebook.setdefault(case.pipeline.notebook, []).append(case)
+        path = str(root / case.pipeline.notebook)
+        state.cases_by_path.setdefault(path, []).append(case)
     state.selection = _commit_selection(config, nbgate_config)
     # MLflow run per case (declared and run_notebook ones); `-p no:nbgate-tracking` turns it off.
     from nbgate.tracking import PLUGIN_NAME, Tracker
@@ -167,13 +168,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if file_path.suffix != ".ipynb" or parent.config.getoption("nbmake", False):
         return None  # with --nbmake, nbmake runs every notebook with its own defaults
     state = parent.config.stash.get(state_key, None)
-    if state is None or not state.cases_by_notebook:
+    if state is None or not state.cases_by_path:
         return None
-    try:
-        rel = file_path.relative_to(state.root).as_posix()
-    except ValueError:
-        return None
-    if rel not in state.cases_by_notebook:
+    # A dict lookup by the path pytest hands over: this runs for every .ipynb in the tree.
+    if str(file_path) not in state.cases_by_path:
         return None
     return NotebookFile.from_parent(parent, path=file_path)
 
@@ -200,9 +198,7 @@ def pytest_collection_modifyitems(
 
 class NotebookFile(pytest.File):
     def collect(self) -> Iterator[NotebookCase]:
-        state = get_state(self.config)
-        rel = self.path.relative_to(state.root).as_posix()
-        for case in state.cases_by_notebook.get(rel, []):
+        for case in get_state(self.config).cases_by_path[str(self.path)]:
             yield NotebookCase.from_parent(self, name=case.name, case=case)
 
 
