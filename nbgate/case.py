@@ -75,12 +75,17 @@ class CaseRunner:
             self._pool = KernelPool()
         return self._pool
 
-    def kernel_env(self) -> dict[str, str]:
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-        return kernel_environment(os.environ, workers, os.cpu_count() or 1)
+    @staticmethod
+    def parallel_workers() -> int:
+        """How many pytest processes share the cores (pytest-xdist workers, else 1)."""
+        return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
-    def prestart(self) -> None:
-        self.pool.prestart(self.root, self.kernel_env())
+    def kernel_env(self) -> dict[str, str]:
+        return kernel_environment(os.environ, self.parallel_workers(), os.cpu_count() or 1)
+
+    def prestart(self, ahead: int = 1) -> None:
+        """Have ``ahead`` kernels booting for the cases that come next."""
+        self.pool.prestart(self.root, self.kernel_env(), ahead)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -232,8 +232,7 @@ class NotebookCase(pytest.Item):
         ahead = sum(map(_needs_kernel, self.stash.get(next_item_key, ())))
         if not ahead:
             return None
-        runner = state.runner
-        return functools.partial(runner.pool.prestart, runner.root, runner.kernel_env(), ahead)
+        return functools.partial(state.runner.prestart, ahead)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # The domain heads the failure section, so it is the full case id. pytest rewrites dots
@@ -261,9 +260,8 @@ def pytest_runtest_protocol(
         # Usually a no-op: the previous case started these kernels. For the first case (or one
         # after plain tests) they boot while pytest sets the case up and nbgate reads the
         # notebook, instead of after.
-        runner = get_state(item.config).runner
         ahead = sum(map(_needs_kernel, [item, *upcoming][: _prestart_depth()]))
-        runner.pool.prestart(runner.root, runner.kernel_env(), ahead)
+        get_state(item.config).runner.prestart(ahead)
     return (yield)
 
 
@@ -285,9 +283,7 @@ def _upcoming(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.It
 
 
 def _prestart_depth() -> int:
-    # The same worker count CaseRunner uses to share the cores between kernels.
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return prestart_depth(workers, os.cpu_count() or 1)
+    return prestart_depth(CaseRunner.parallel_workers(), os.cpu_count() or 1)
 
 
 def _needs_kernel(item: pytest.Item | None) -> bool:
