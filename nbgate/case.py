@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbgate.contract.model import CaseResult, Failure, Threshold, ThresholdCheck
 from nbgate.execute import RunRequest, execute
 from nbgate.kernels import KernelPool, kernel_environment
 from nbgate.redact import Redactor
-from nbgate.result import CaseResult, Failure, ThresholdCheck
-from nbgate.thresholds import Threshold, evaluate
+from nbgate.thresholds import evaluate
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _threshold_failure(checks: list[ThresholdCheck]) -> Failure | None:
     violated = [c for c in checks if not c.passed]
     if not violated:
         return None
-    parts = [f"{c.metric} {c.reason} (rule: {c.metric} {c.rule})" for c in violated]
+    parts = [f"{c.metric} {c.reason} (rule: {c.metric} {c.rule.text})" for c in violated]
     noun = "threshold" if len(violated) == 1 else "thresholds"
     return Failure(
         kind="thresholds", message=f"{len(violated)} {noun} violated: " + "; ".join(parts)

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate import __version__
-
-KINDS = ("train", "score")
+from nbgate.contract.model import KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +111,8 @@ def _label(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
     """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
     from nbgate.config import ConfigError, load_config
+    from reporting.errors import PublishError, PublishSkipped, PublishUsageError
     from reporting.gitlab_client import scrubber
-    from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 
     scrub = scrubber(env)
     label = _label(args)
@@ -146,6 +145,14 @@ def _reports(args: argparse.Namespace, config: Any) -> list[Path]:
     return [config.reports if config is not None else Path("reports")]
 
 
+def _declared(config: Any) -> list[Any]:
+    """The declared pipelines as the publishing wing takes them."""
+    from reporting.publish_artifacts import Declared
+
+    pipelines = config.pipelines if config is not None else ()
+    return [Declared(p.notebook, p.kind, tuple(p.outputs), p.version) for p in pipelines]
+
+
 def _artifact_path(config: Any) -> str:
     """Where the default branch's job keeps metrics.json inside its artifacts."""
     if config is None:
@@ -167,14 +174,16 @@ def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                        baseline_path=args.baseline, artifact_path=_artifact_path(config),
                        echo=echo, scrub=scrub)
         elif args.target == "wiki":
-            from reporting.publish_wiki import publish_wiki
+            from reporting.publish_wiki import WikiSettings, publish_wiki
 
-            publish_wiki(folders, env, settings=config.wiki if config is not None else None,
+            settings = WikiSettings(**config.wiki) if config is not None else WikiSettings()
+            publish_wiki(folders, env, settings=settings,
                          kind=args.kind, dry_run=args.dry_run, echo=echo, scrub=scrub)
         else:
             from reporting.publish_artifacts import publish_artifacts
 
-            publish_artifacts(folders, env, config=config, root=_root(config), kind=args.kind,
+            publish_artifacts(folders, env, declared=_declared(config), root=_root(config),
+                              kind=args.kind,
                               version=args.package_version, dry_run=args.dry_run, echo=echo)
 
     return _run(args, env, body)
@@ -184,7 +193,7 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
         from reporting.publish_artifacts import fetch_artifact
 
-        fetch_artifact(args.pipeline, args.dest, env, config=config,
+        fetch_artifact(args.pipeline, args.dest, env, declared=_declared(config),
                        version=args.package_version, files=args.files or (), echo=echo)
 
     return _run(args, env, body)
@@ -192,7 +201,7 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.outcomes import PublishUsageError
+        from reporting.errors import PublishUsageError
 
         if config is None:
             raise PublishUsageError(f"{args.pyproject}: no [tool.nbgate] table (or no such file)")
@@ -203,7 +212,7 @@ def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         width = max((len(c.id) for c in cases), default=0)
         for case in cases:
             pipeline = case.pipeline
-            rules = ", ".join(f"{t.metric} {t.rule}" for t in pipeline.thresholds)
+            rules = ", ".join(t.text for t in pipeline.thresholds)
             rules = rules or "no thresholds"
             bits = [f"-m \"{pipeline.kind} and {case.runner.name}\"", rules,
                     f"timeout {pipeline.timeout:g} s"]

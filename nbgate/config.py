@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nbgate.thresholds import Threshold, parse_rule
+from nbgate.contract.model import KINDS, Threshold, case_id
+from nbgate.thresholds import parse_threshold
 
-KINDS = ("train", "score")
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_RUNNERS: dict[str, dict[str, Any]] = {"cpu": {}, "gpu": {"gpu": True}}
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
@@ -64,19 +64,12 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.pipeline.notebook}::{self.name}"
+        return case_id(self.pipeline.notebook, self.pipeline.kind, self.runner.name)
 
     @property
     def slug(self) -> str:
         """File-name-safe name for this case's artefacts."""
         return f"{self.pipeline.name}-{self.pipeline.kind}-{self.runner.name}"
-
-
-@dataclass(frozen=True)
-class WikiSettings:
-    train_title: str = "nbgate/train-history"
-    score_title: str = "nbgate/score-history"
-    max_rows: int = 200
 
 
 @dataclass(frozen=True)
@@ -89,7 +82,7 @@ class NbgateConfig:
     ci_parameters: Mapping[str, Any]
     pipelines: tuple[Pipeline, ...]
     tracking_optional: bool = False
-    wiki: WikiSettings = WikiSettings()
+    wiki: Mapping[str, Any] = field(default_factory=dict)  # reporting's WikiSettings fields
 
     def cases(self) -> list[Case]:
         return [Case(p, self.runners[r]) for p in self.pipelines for r in p.runners]
@@ -198,7 +191,7 @@ class _Parser:
             ci_parameters=ci.get("parameters", {}),
             pipelines=tuple(pipelines),
             tracking_optional=tracking.get("optional", False),
-            wiki=WikiSettings(**wiki),
+            wiki=wiki,
         )
 
     def section(
@@ -283,7 +276,7 @@ class _Parser:
         thresholds = []
         for metric, text in rules.items():
             try:
-                thresholds.append(parse_rule(metric, text))
+                thresholds.append(parse_threshold(metric, text))
             except ValueError as exc:
                 raise self.fail(f"{where}.thresholds.{metric}", str(exc)) from None
         timeout = self.positive(f"{where}.timeout", raw.get("timeout", default_timeout))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nbgate.contract.model import Failure
 from nbgate.kernels import Kernel, KernelPool, KernelStartError
 from nbgate.notebook import (
     NotebookProblem,
@@ -22,7 +23,6 @@ from nbgate.notebook import (
     read_recorded,
 )
 from nbgate.redact import strip_ansi
-from nbgate.result import Failure
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode

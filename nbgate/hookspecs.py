@@ -8,7 +8,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from nbgate.case import CaseRun
-    from nbgate.result import CaseResult
+    from nbgate.contract.model import CaseResult
 
 hookspec = pluggy.HookspecMarker("pytest")
 

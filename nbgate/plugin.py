@@ -20,13 +20,14 @@ from nbgate import hookspecs
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
+from nbgate.contract.codec import case_to_json
+from nbgate.contract.failure_text import render_failure
+from nbgate.contract.model import CUSTOM_KIND, CaseResult, Failure
+from nbgate.contract.session import SessionResults, session_key
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
-from nbgate.render import render_failure
-from nbgate.result import CaseResult, Failure
-from nbgate.thresholds import parse_rule
-
-RESULTS_ATTRIBUTE = "nbgate_results"  # on call-phase reports; survives xdist serialisation
+from nbgate.thresholds import parse_threshold
+from nbgate.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 
 
 @dataclass
@@ -129,6 +130,9 @@ def pytest_configure(config: pytest.Config) -> None:
         in_ci=bool(os.environ.get("CI")),
     )
     config.stash[state_key] = state
+    if not hasattr(config, "workerinput"):  # xdist workers hand their results to the controller
+        gathered = config.stash[session_key] = SessionResults(root, reports)
+        config.pluginmanager.register(ResultGatherer(gathered), "nbgate-results")
     config.addinivalue_line("markers", "train: a declared training notebook case (nbgate)")
     config.addinivalue_line("markers", "score: a declared scoring notebook case (nbgate)")
     if nbgate_config is None:
@@ -139,6 +143,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for case in nbgate_config.cases():
         path = str(root / case.pipeline.notebook)
         state.cases_by_path.setdefault(path, []).append(case)
+    gatherer = config.pluginmanager.get_plugin("nbgate-results")
+    if gatherer is not None:
+        gatherer.declared = {case.id for case in nbgate_config.cases()}
     state.selection = _commit_selection(config, nbgate_config)
     # MLflow run per case (declared and run_notebook ones); `-p no:nbgate-tracking` turns it off.
     from nbgate.tracking import PLUGIN_NAME, Tracker
@@ -300,15 +307,10 @@ def pytest_runtest_makereport(
     report = yield
     if call.when == "call":
         results = item.stash.get(results_key, [])
-        setattr(report, RESULTS_ATTRIBUTE, [r.to_dict() for r in results])
+        setattr(report, RESULTS_ATTRIBUTE, [case_to_json(r) for r in results])
         if call.excinfo is not None and isinstance(call.excinfo.value, CaseFailed):
             report.longrepr = render_failure(call.excinfo.value.result)
     return report
-
-
-def results_from_report(report: pytest.TestReport) -> list[CaseResult]:
-    """The case results a (possibly xdist-transported) report carries."""
-    return [CaseResult.from_dict(d) for d in getattr(report, RESULTS_ATTRIBUTE, None) or []]
 
 
 @pytest.fixture
@@ -342,13 +344,13 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
         suffix = f"#{calls}" if calls > 1 else ""
         case_id = f"{request.node.nodeid}{suffix}"
         try:
-            rules = tuple(parse_rule(k, v) for k, v in (thresholds or {}).items())
+            rules = tuple(parse_threshold(k, v) for k, v in (thresholds or {}).items())
         except ValueError as exc:
             raise pytest.UsageError(f"run_notebook({rel!r}): thresholds: {exc}") from None
         spec = CaseSpec(
             case_id=case_id,
             notebook=rel,
-            kind="custom",
+            kind=CUSTOM_KIND,
             runner=runner,
             slug=slugify(case_id.replace("::", "-")),
             parameters=parameters or {},

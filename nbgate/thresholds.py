@@ -1,61 +1,45 @@
-"""Metric rules ("OP NUMBER") and their evaluation."""
+"""Evaluating metric rules against what a notebook recorded (and the production baseline)."""
 
 from __future__ import annotations
 
 import math
-import operator
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 
-from nbgate.result import ThresholdCheck
-
-OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    ">": operator.gt,
-    "<=": operator.le,
-    "<": operator.lt,
-    "==": operator.eq,
-}
-# Longest operators first so ">=" is not read as ">" followed by "=0.9".
-_RULE = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-_NEGATION = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!="}
-
-RULE_HELP = "'OP NUMBER' with OP one of >=, >, <=, <, == (for example '>= 0.95')"
+from nbgate.contract.model import NEGATED, Rule, Threshold, ThresholdCheck
 
 
-@dataclass(frozen=True)
-class Threshold:
-    metric: str
-    op: str
-    bound: float
-
-    @property
-    def rule(self) -> str:
-        return f"{self.op} {self.bound:g}"
-
-    def check(self, metrics: Mapping[str, float]) -> ThresholdCheck:
-        if self.metric not in metrics:
-            recorded = ", ".join(sorted(metrics)) or "nothing"
-            return ThresholdCheck(
-                self.metric, self.rule, None, False, f"not recorded (recorded: {recorded})"
-            )
-        value = metrics[self.metric]
-        if math.isnan(value):
-            return ThresholdCheck(self.metric, self.rule, value, False, "is NaN")
-        if OPERATORS[self.op](value, self.bound):
-            return ThresholdCheck(self.metric, self.rule, value, True)
-        reason = f"{value:.6g} {_NEGATION[self.op]} {self.bound:g}"
-        return ThresholdCheck(self.metric, self.rule, value, False, reason)
+def parse_threshold(metric: str, text: object) -> Threshold:
+    """One declared rule; ValueError with a message fit for a usage error."""
+    return Threshold(metric, Rule.parse(text))
 
 
-def parse_rule(metric: str, text: object) -> Threshold:
-    """Parse a rule; raises ValueError with a message fit for a usage error."""
-    match = _RULE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"{text!r} is not a threshold; expected {RULE_HELP}")
-    return Threshold(metric, match.group(1), float(match.group(2)))
+def check(
+    threshold: Threshold, metrics: Mapping[str, float], baseline: Mapping[str, float] | None
+) -> ThresholdCheck:
+    metric, rule = threshold.metric, threshold.rule
+    if metric not in metrics:
+        recorded = ", ".join(sorted(metrics)) or "nothing"
+        return ThresholdCheck(metric, rule, None, False, f"not recorded (recorded: {recorded})")
+    value = metrics[metric]
+    if not math.isfinite(value):
+        return ThresholdCheck(metric, rule, value, False, f"is not finite ({value})")
+    base = baseline.get(metric) if baseline is not None and rule.uses_baseline else None
+    bound = rule.bound(base)
+    if bound is None:
+        why = "no baseline" if baseline is None else "the baseline did not record it"
+        return ThresholdCheck(metric, rule, value, True, f"not checked: {why}", checked=False)
+    if rule.holds(value, bound):
+        return ThresholdCheck(metric, rule, value, True, bound=bound, baseline=base)
+    reason = f"{value:.6g} {NEGATED[rule.op]} {bound:.6g}"
+    if rule.uses_baseline:
+        reason += f" (baseline {base:.6g})"
+    return ThresholdCheck(metric, rule, value, False, reason, bound=bound, baseline=base)
 
 
-def evaluate(thresholds: list[Threshold], metrics: Mapping[str, float]) -> list[ThresholdCheck]:
-    return [threshold.check(metrics) for threshold in thresholds]
+def evaluate(
+    thresholds: Iterable[Threshold],
+    metrics: Mapping[str, float],
+    baseline: Mapping[str, float] | None = None,
+) -> list[ThresholdCheck]:
+    """Check every rule; ``baseline`` holds the production model's metrics when known."""
+    return [check(t, metrics, baseline) for t in thresholds]

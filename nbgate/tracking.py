@@ -41,9 +41,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 
-from nbgate.ci_context import CIContext
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.model import CaseResult, Failure, Tracking
 from nbgate.redact import Redactor
-from nbgate.result import CaseResult, Failure, Tracking
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

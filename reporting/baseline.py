@@ -21,9 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nbgate.result import CaseResult
-from reporting.format import fmt_delta, md_cell
-from reporting.metrics_file import load_metrics, parse_metrics
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import load_metrics, read_metrics
+from nbgate.contract.model import CaseResult
+from reporting.markdown import fmt_delta, link, md_cell
 
 ENV_VAR = "NBGATE_BASELINE"
 
@@ -39,15 +40,10 @@ class BaselineInfo:
     pipeline_url: str | None = None
 
     @classmethod
-    def from_pipeline(cls, source: str, pipeline: Mapping[str, Any]) -> BaselineInfo:
-        """Info from the "pipeline" (CI context) of the baseline's own metrics.json."""
-
-        def text(key: str) -> str | None:
-            value = pipeline.get(key)
-            return str(value) if value not in (None, "") else None
-
-        return cls(source, text("commit_sha"), text("pipeline_id"), text("ref"),
-                   text("pipeline_url"))
+    def from_pipeline(cls, source: str, pipeline: CIContext) -> BaselineInfo:
+        """Info from the CI context of the baseline's own metrics.json."""
+        return cls(source, pipeline.commit_sha, pipeline.pipeline_id, pipeline.ref,
+                   pipeline.pipeline_url)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BaselineInfo:
@@ -68,10 +64,7 @@ class BaselineInfo:
         if where:
             parts.append(where)
         if self.pipeline_id:
-            pipeline = f"pipeline #{md_cell(self.pipeline_id)}"
-            if self.pipeline_url and self.pipeline_url.startswith(("http://", "https://")):
-                pipeline = f"pipeline [#{md_cell(self.pipeline_id)}]({self.pipeline_url})"
-            parts.append(pipeline)
+            parts.append(link(f"#{self.pipeline_id}", self.pipeline_url, "pipeline "))
         return ", ".join(parts) or md_cell(self.source)
 
 
@@ -87,17 +80,18 @@ def baseline_from_metrics(
     data: Mapping[str, Any] | str | bytes, source: str
 ) -> Baseline:
     """A Baseline from a metrics.json document (parsed, text or bytes, e.g. an artifact download).
-    Raises ``reporting.metrics_file.MetricsFileError`` when it is not one."""
-    pipeline, cases, _ = parse_metrics(data, source)
-    return Baseline(BaselineInfo.from_pipeline(source, pipeline), {c.case_id: c for c in cases})
+    Raises ``nbgate.contract.codec.ResultsFileError`` when it is not one."""
+    document = read_metrics(data, source)
+    return Baseline(BaselineInfo.from_pipeline(source, document.pipeline),
+                    {c.case_id: c for c in document.cases})
 
 
 def load_baseline(path: str | os.PathLike[str], source: str | None = None) -> Baseline:
     """A Baseline from a metrics.json file; ``source`` defaults to the path.
-    Raises ``reporting.metrics_file.MetricsFileError`` when the file is missing or unreadable."""
-    pipeline, cases, _ = load_metrics(path)
-    info = BaselineInfo.from_pipeline(source or os.fspath(path), pipeline)
-    return Baseline(info, {c.case_id: c for c in cases})
+    Raises ``nbgate.contract.codec.ResultsFileError`` when it is missing or unreadable."""
+    document = load_metrics(path)
+    info = BaselineInfo.from_pipeline(source or os.fspath(path), document.pipeline)
+    return Baseline(info, {c.case_id: c for c in document.cases})
 
 
 @dataclass(frozen=True)

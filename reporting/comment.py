@@ -18,23 +18,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbgate.ci_context import CIContext
-from nbgate.result import CaseResult
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import case_from_json, case_to_json
+from nbgate.contract.model import CaseResult, case_labels
+from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
-from reporting.format import (
+from reporting.markdown import (
     FAIL_MARK,
     case_table,
     counts,
     failure_details,
     figures_markdown,
-    fmt_number,
     fmt_rule,
+    is_web_url,
+    link,
     md_cell,
     md_safe,
     overall_mark,
     short_reason,
 )
-from reporting.metrics_file import case_from_json, case_to_json
 
 KIND_WORDS = {"train": "Training", "score": "Scoring"}
 MAX_TABLE_ROWS = 100  # more cases: the rest is in summary.md; GitLab's limit is 1,000,000 chars
@@ -81,7 +83,7 @@ class CommentData:
 def encode_state(data: CommentData) -> str:
     """The state line, or "" when it would be too big to carry."""
     document = {
-        "v": 1,
+        "v": 2,  # 2: cases in the codec's schema-2 shape
         "kind": data.kind,
         "pipeline_id": data.pipeline.pipeline_id,
         "baselines": [b.to_dict() for b in data.baselines],
@@ -119,7 +121,7 @@ def decode_state(body: str) -> dict[str, Any] | None:
                 document = json.loads(zlib.decompress(raw))
             except (ValueError, zlib.error):
                 return None
-            return document if isinstance(document, dict) and document.get("v") == 1 else None
+            return document if isinstance(document, dict) and document.get("v") == 2 else None
     return None
 
 
@@ -138,7 +140,7 @@ def merge_previous(data: CommentData, previous: Mapping[str, Any] | None) -> Com
                  if isinstance(raw, dict) and isinstance(raw.get("result"), dict)]
     for raw in old_cases:
         # A re-run of the same job: its figures are already uploaded.
-        case = current.get(str(raw["result"].get("case_id")))
+        case = current.get(str(raw["result"].get("id")))
         if case is not None and not case.figures and isinstance(raw.get("figures"), dict):
             case.figures = {p: u for p, u in raw["figures"].items()
                             if p in case.result.figures.values() and isinstance(u, str)}
@@ -192,7 +194,9 @@ def render_comment(data: CommentData) -> str:
     parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
     shown = _table_rows(results)
     if results:
-        parts.append(case_table(shown, comparison=comparison, case_label=_case_label))
+        labels = case_labels(results)
+        parts.append(case_table(shown, comparison=comparison,
+                                case_label=lambda r: labels[r.case_id]))
         if len(shown) < len(results):
             parts.append(f"… and {len(results) - len(shown)} more cases: see summary.md in the "
                          "job artifacts.")
@@ -213,10 +217,6 @@ def render_comment(data: CommentData) -> str:
     if state:
         parts.append(state)
     return md_safe("\n\n".join(p for p in parts if p)) + "\n"
-
-
-def _case_label(result: CaseResult) -> str:
-    return result.notebook or result.case_id
 
 
 def _table_rows(results: Sequence[CaseResult]) -> list[CaseResult]:
@@ -276,7 +276,7 @@ def _key_metric(
     having = [r for r in ran if name is not None and _finite(r.metrics.get(name))]
     if name is None or not having:
         return ""
-    lower_is_better = rule is not None and rule.lstrip().startswith("<")
+    lower_is_better = rule is not None and rule.higher_is_better is False
     best = (min if lower_is_better else max)(having, key=lambda r: r.metrics[name])
     text = f"{md_cell(name)} {fmt_number(best.metrics[name])}"
     if rule:
@@ -318,28 +318,17 @@ def _baseline_text(data: CommentData) -> str:
     return "  \n".join(lines)
 
 
-def _link(text: str, url: str | None) -> str:
-    if url and url.startswith(("http://", "https://")):
-        return f"[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
-    return md_cell(text)
-
-
-def _case_name(result: CaseResult) -> str:
-    """'training_example · train[cpu]' for link lists."""
-    stem = (result.notebook or result.case_id).rsplit("/", 1)[-1].removesuffix(".ipynb")
-    return f"{stem} · {result.kind}[{result.runner}]"
-
-
 def _links(data: CommentData) -> str:
     ctx = data.pipeline
+    labels = case_labels(c.result for c in data.cases)
     lines = []
     bits = []
     if ctx.pipeline_id:
-        bits.append("Pipeline " + _link(f"#{ctx.pipeline_id}", ctx.pipeline_url))
+        bits.append("Pipeline " + link(f"#{ctx.pipeline_id}", ctx.pipeline_url))
     jobs = {c.job_name: c.job_url for c in data.cases if c.job_name}
     if jobs:
         label = "job" if len(jobs) == 1 else "jobs"
-        bits.append(f"{label} " + ", ".join(_link(n, u) for n, u in jobs.items()))
+        bits.append(f"{label} " + ", ".join(link(n, u) for n, u in jobs.items()))
     if ctx.commit_sha or ctx.commit_short_sha:
         bits.append(f"commit `{md_cell((ctx.commit_short_sha or ctx.commit_sha or '')[:8])}`")
     if bits:
@@ -347,15 +336,15 @@ def _links(data: CommentData) -> str:
     for case in data.cases:
         tracking = case.result.tracking
         if tracking is not None and tracking.url:
-            lines.append(f"- MLflow run: {_link(_case_name(case.result), tracking.url)}")
+            lines.append(f"- MLflow run: {link(labels[case.result.case_id], tracking.url)}")
     notebooks = []
     for case in data.cases:
         path = case.result.executed_notebook
         if not path:
             continue
-        if case.job_url and case.job_url.startswith(("http://", "https://")):
+        if is_web_url(case.job_url):
             url = f"{case.job_url.rstrip('/')}/artifacts/file/{path}"
-            notebooks.append(_link(_case_name(case.result), url))
+            notebooks.append(link(labels[case.result.case_id], url))
         else:
             notebooks.append(f"`{md_cell(path)}`")
     if notebooks:
@@ -367,6 +356,6 @@ def _links(data: CommentData) -> str:
 
 
 def _footer(ctx: CIContext) -> str:
-    where = f"pipeline {_link('#' + ctx.pipeline_id, ctx.pipeline_url)}" if ctx.pipeline_id \
+    where = f"pipeline {link('#' + ctx.pipeline_id, ctx.pipeline_url)}" if ctx.pipeline_id \
         else "a local run (no pipeline)"
     return f"_Updated by nbgate on every pipeline of this MR; last update: {where}._"

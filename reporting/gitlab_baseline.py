@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 from gitlab.exceptions import GitlabError
 
-from nbgate.ci_context import CIContext
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import ResultsFileError
 from reporting.baseline import Baseline, baseline_from_metrics
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession
-from reporting.metrics_file import MetricsFileError
 
 DEFAULT_ARTIFACT = "reports/metrics.json"
 
@@ -63,7 +63,7 @@ def fetch_baseline(
     source = f"{artifact_path} of the latest successful {job} job on {ref}"
     try:
         baseline = baseline_from_metrics(data, source)
-    except MetricsFileError as exc:
+    except ResultsFileError as exc:
         return BaselineLookup(None, f"{source} is not readable: {exc}")
     if run.pipeline_id and baseline.info.pipeline_id == run.pipeline_id:
         return BaselineLookup(None, f"the latest successful {job} job on {ref} is this pipeline")

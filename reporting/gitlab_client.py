@@ -13,7 +13,7 @@ Facts this module relies on (shared/notes/gitlab.md):
 - 401 raises ``GitlabAuthenticationError`` (not a ``GitlabHttpError``); other statuses raise
   ``GitlabGetError``/``GitlabCreateError``/... with ``.response_code``.
 
-How a command ends (skipped, refused, bad input) is in ``reporting.outcomes``.
+How a command ends (skipped, refused, bad input) is in ``reporting.errors``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import gitlab
 import requests
 from gitlab.exceptions import GitlabError
 
-from nbgate.ci_context import CIContext
+from nbgate.contract.ci_context import CIContext
 from nbgate.redact import Redactor
-from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
+from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 
 T = TypeVar("T")
 

@@ -14,12 +14,11 @@ import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
-from nbgate.render import render_failure
-from nbgate.result import CaseResult
-from reporting.format import clean_text, fmt_rule
-from reporting.metrics_file import write_text_atomic
+from nbgate.contract.failure_text import render_failure
+from nbgate.contract.model import CaseResult
+from nbgate.contract.text import clean_text
+from reporting.markdown import fmt_rule
 
 SUITE_NAME = "nbgate"
 MAX_BODY_CHARS = 64_000  # per failure; GitLab's limit is 30 MB a file, the notebook has the rest
@@ -81,7 +80,10 @@ def _testcase(result: CaseResult) -> ET.Element:
         })
         element.text = body
     elif result.outcome == "skipped":
-        ET.SubElement(case, "skipped", {"message": xml_text(result.skip_reason or "skipped")})
+        # GitLab's parser shows a message-only <skipped/> as a raw JSON object: the reason goes
+        # in the element's text too.
+        reason = xml_text(result.skip_reason or "skipped")
+        ET.SubElement(case, "skipped", {"message": reason}).text = reason
     if result.executed_notebook:
         out = ET.SubElement(case, "system-out")
         out.text = xml_text(f"[[ATTACHMENT|{result.executed_notebook}]]")
@@ -114,7 +116,3 @@ def junit_xml(results: Sequence[CaseResult], **kwargs: object) -> str:
     root = build_junit(results, **kwargs)  # type: ignore[arg-type]
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def write_junit(path: Path, results: Sequence[CaseResult]) -> Path:
-    return write_text_atomic(path, junit_xml(results))

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
-from nbgate.ci_context import CIContext
-from nbgate.config import NbgateConfig
-from nbgate.result import CaseResult
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.files import display_path, write_bytes_atomic
+from nbgate.contract.model import CaseResult
+from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
-from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
 from reporting.reports_folder import RunReports, load_reports
 
 Echo = Callable[[str], None]
@@ -59,6 +58,16 @@ def check_version(version: str) -> str:
     return version
 
 
+@dataclass(frozen=True)
+class Declared:
+    """A pipeline as ``[tool.nbgate.pipelines]`` declares it: what it publishes."""
+
+    notebook: str
+    kind: str
+    outputs: tuple[str, ...] = ()
+    version: str | None = None
+
+
 @dataclass
 class Upload:
     pipeline: str  # package name
@@ -68,7 +77,7 @@ class Upload:
 
 def plan_uploads(
     runs: Sequence[RunReports],
-    config: NbgateConfig | None,
+    declared: Sequence[Declared],
     root: Path,
     env_ctx: CIContext,
     *,
@@ -81,17 +90,17 @@ def plan_uploads(
     groups: dict[tuple[str, str], list[CaseResult]] = {}
     for run in runs:
         for result in run.results:
-            if result.kind in ("train", "score") and (kind is None or result.kind == kind):
+            if result.declared and (kind is None or result.kind == kind):
                 groups.setdefault((result.notebook, result.kind), []).append(result)
     uploads = []
     held: list[str] = []
     for (notebook, case_kind), results in groups.items():
-        pipeline = next((p for p in (config.pipelines if config else ())
-                         if p.notebook == notebook and p.kind == case_kind), None)
-        declared = list(pipeline.outputs) if pipeline else sorted(
+        pipeline = next((p for p in declared if p.notebook == notebook and p.kind == case_kind),
+                        None)
+        outputs = list(pipeline.outputs) if pipeline else sorted(
             {o for r in results for o in r.outputs})
         name = package_name(notebook)
-        if not declared:
+        if not outputs:
             continue
         failed = [r.case_id for r in results if r.outcome == "failed"]
         if failed:
@@ -102,7 +111,7 @@ def plan_uploads(
             held.append(f"not publishing {name}: every case was skipped")
             continue
         files = []
-        for output in declared:
+        for output in outputs:
             path = root / output
             if not path.is_file():
                 raise PublishUsageError(
@@ -144,7 +153,7 @@ def publish_artifacts(
     folders: Sequence[Path],
     env: Mapping[str, str],
     *,
-    config: NbgateConfig | None,
+    declared: Sequence[Declared],
     root: Path,
     kind: str | None = None,
     version: str | None = None,
@@ -155,20 +164,21 @@ def publish_artifacts(
         env, "publishing artifacts", write=False, dry_run=dry_run, echo=echo
     )
     runs = load_reports(folders)
-    uploads = plan_uploads(runs, config, root, CIContext.from_env(env), kind=kind,
+    uploads = plan_uploads(runs, declared, root, CIContext.from_env(env), kind=kind,
                            version=version, echo=echo)
     for upload in uploads:
         for path in upload.files:
             where = f"/packages/generic/{upload.pipeline}/{upload.version}/{path.name}"
             if dry_run or session is None:
-                echo(f"dry run: would upload {_display(path, root)} ({path.stat().st_size} bytes) "
+                size = path.stat().st_size
+                echo(f"dry run: would upload {display_path(path, root)} ({size} bytes) "
                      f"to PUT /projects/:id{where}")
                 continue
             endpoint = session.endpoint("PUT", where)
             send = partial(session.project.generic_packages.upload, upload.pipeline,
                            upload.version, path.name, path=str(path))
             session.call(endpoint, send, _hints(session))
-            echo(f"uploaded {_display(path, root)} as {upload.pipeline} {upload.version} "
+            echo(f"uploaded {display_path(path, root)} as {upload.pipeline} {upload.version} "
                  f"({path.name})")
 
 
@@ -181,24 +191,14 @@ def _hints(session: GitLabSession) -> dict[int, str]:
     }
 
 
-def _display(path: Path, root: Path | None = None) -> str:
-    """A path as the user knows it: relative to the project, else to the working folder."""
-    if root is not None and path.is_relative_to(root):
-        return path.relative_to(root).as_posix()
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
-
-
 # -- fetching --------------------------------------------------------------------------------
 
 
-def declared_files(config: NbgateConfig | None, name: str) -> list[str]:
+def declared_files(declared: Sequence[Declared], name: str) -> list[str]:
     """Basenames of the outputs the named pipeline declares (by stem or notebook path)."""
     wanted = package_name(name)
     names: list[str] = []
-    for pipeline in config.pipelines if config else ():
+    for pipeline in declared:
         if package_name(pipeline.notebook) == wanted:
             names += [PurePosixPath(o).name for o in pipeline.outputs if PurePosixPath(o).name
                       not in names]
@@ -232,7 +232,7 @@ def fetch_artifact(
     dest: Path,
     env: Mapping[str, str],
     *,
-    config: NbgateConfig | None,
+    declared: Sequence[Declared],
     version: str | None = None,
     files: Sequence[str] = (),
     echo: Echo = print,
@@ -245,7 +245,7 @@ def fetch_artifact(
     """
     session = connect(env, f"fetching {name}", write=False)
     package = package_name(name)
-    wanted = list(files) or declared_files(config, name)
+    wanted = list(files) or declared_files(declared, name)
     into_folder = dest.is_dir() or str(dest).endswith(("/", os.sep))
     if not wanted:
         if into_folder:
@@ -265,8 +265,9 @@ def fetch_artifact(
                       "the package registry"}
         data = session.call(session.endpoint("GET", where),
                             partial(_download, session, package, chosen, file_name), hints)
-        _write_atomic(target, data)
-        echo(f"fetched {package} {chosen} {file_name} -> {_display(target)} ({len(data)} bytes)")
+        write_bytes_atomic(target, data)  # never half a model where scoring would load it
+        echo(f"fetched {package} {chosen} {file_name} -> {display_path(target)} "
+             f"({len(data)} bytes)")
         written.append(target)
     return written
 
@@ -276,17 +277,4 @@ def _download(session: GitLabSession, package: str, version: str, file_name: str
     # mid-download is retried like any other transient error.
     data = session.project.generic_packages.download(package, version, file_name)
     return data if isinstance(data, bytes) else bytes(data or b"")
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """A failed download never leaves half a model where scoring would load it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 

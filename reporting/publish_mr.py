@@ -9,7 +9,6 @@ the others are deleted, so duplicates heal instead of piling up.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Any
 
 from gitlab.exceptions import GitlabError
 
-from nbgate.ci_context import CIContext
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import ResultsFileError
+from nbgate.contract.files import display_path
 from reporting.baseline import Baseline, load_baseline
 from reporting.comment import (
     CommentCase,
@@ -27,10 +28,9 @@ from reporting.comment import (
     merge_previous,
     render_comment,
 )
+from reporting.errors import PublishSkipped, PublishUsageError
 from reporting.gitlab_baseline import DEFAULT_ARTIFACT, BaselineLookup, fetch_baseline
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
-from reporting.metrics_file import MetricsFileError
-from reporting.outcomes import PublishSkipped, PublishUsageError
 from reporting.reports_folder import (
     RunReports,
     kinds_to_publish,
@@ -165,7 +165,7 @@ def _baselines(
     if local:
         try:
             local_lookup = BaselineLookup(load_baseline(root / local, local))
-        except MetricsFileError as exc:
+        except ResultsFileError as exc:
             local_lookup = BaselineLookup(None, str(exc))
     for run in runs:
         key = _run_key(run)
@@ -234,15 +234,9 @@ def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> 
 def _with_local_figures(data: CommentData, runs: Sequence[RunReports], root: Path) -> CommentData:
     files = _figure_files(data, runs, root)
     for case in data.cases:
-        case.figures = {p: _display(files[p]) for p in case.result.figures.values() if p in files}
+        case.figures = {p: display_path(files[p]) for p in case.result.figures.values()
+                        if p in files}
     return data
-
-
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
 
 
 def _upload_figures(

@@ -23,17 +23,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from gitlab.exceptions import GitlabError
 from tabulate import tabulate
 
-from nbgate.ci_context import CIContext
-from nbgate.config import WikiSettings
-from nbgate.result import CaseResult
-from reporting.format import MISSING, fmt_number, md_cell, md_safe, outcome_label
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.model import CaseResult, case_labels
+from nbgate.contract.text import MISSING, fmt_number
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.markdown import link, md_cell, md_safe, outcome_label
 from reporting.reports_folder import RunReports, kinds_to_publish, load_reports, results_of_kind
 
 Echo = Callable[[str], None]
@@ -43,6 +43,15 @@ _FIXED_LOWER = [c.lower() for c in FIXED_COLUMNS]
 _SEPARATOR_CELL = re.compile(r"^:?-{3,}:?$")
 _PIPELINE_ID = re.compile(r"#(\d+)")
 _DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d")
+
+
+@dataclass(frozen=True)
+class WikiSettings:
+    """``[tool.nbgate.wiki]``: the history pages' titles and how many rows they keep."""
+
+    train_title: str = "nbgate/train-history"
+    score_title: str = "nbgate/score-history"
+    max_rows: int = 200
 
 
 def slug_for(title: str) -> str:
@@ -133,22 +142,6 @@ def render_page(table: HistoryTable, intro: str) -> str:
 # -- new rows --------------------------------------------------------------------------------
 
 
-def case_labels(results: Sequence[CaseResult]) -> dict[str, str]:
-    """'scoring_example · score[cpu]' per case id; the notebook path when two stems clash."""
-    def stem(r: CaseResult) -> str:
-        return PurePosixPath(r.notebook or r.case_id).stem
-
-    notebooks_by_stem: dict[str, set[str]] = {}
-    for r in results:
-        notebooks_by_stem.setdefault(stem(r), set()).add(r.notebook or r.case_id)
-    labels = {}
-    for r in results:
-        clash = len(notebooks_by_stem[stem(r)]) > 1
-        name = (r.notebook or r.case_id) if clash else stem(r)
-        labels[r.case_id] = f"{name} · {r.kind}[{r.runner}]"
-    return labels
-
-
 def _date(stamp: str | None) -> str:
     moment = None
     if stamp:
@@ -166,9 +159,7 @@ def new_rows(
     labels = case_labels(results)
     pipeline = MISSING
     if ctx.pipeline_id:
-        pipeline = f"#{md_cell(ctx.pipeline_id)}"
-        if ctx.pipeline_url and ctx.pipeline_url.startswith(("http://", "https://")):
-            pipeline = f"[{pipeline}]({ctx.pipeline_url.replace(' ', '%20').replace(')', '%29')})"
+        pipeline = link(f"#{ctx.pipeline_id}", ctx.pipeline_url)
     commit = ctx.commit_short_sha or (ctx.commit_sha or "")[:8]
     rows = []
     for result in results:

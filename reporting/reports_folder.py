@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbgate.ci_context import CIContext
-from nbgate.result import CaseResult
-from reporting.metrics_file import MetricsFileError, parse_metrics
-from reporting.outcomes import PublishSkipped, PublishUsageError
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import ResultsFileError, read_metrics
+from nbgate.contract.model import KINDS, CaseResult, preferred
+from reporting.errors import PublishSkipped, PublishUsageError
 
 
 @dataclass
@@ -54,12 +54,10 @@ def _read_run(path: Path) -> RunReports:
     except (ValueError, UnicodeDecodeError) as exc:
         raise PublishUsageError(f"{path}: not valid JSON: {exc}") from None
     try:
-        pipeline, results, _ = parse_metrics(document, str(path))
-    except MetricsFileError as exc:
+        read = read_metrics(document, str(path))
+    except ResultsFileError as exc:
         raise PublishUsageError(str(exc)) from None
-    stamp = document.get("generated_at") if isinstance(document, dict) else None
-    return RunReports(path.parent, CIContext.from_dict(pipeline), results,
-                      stamp if isinstance(stamp, str) else None)
+    return RunReports(path.parent, read.pipeline, read.cases, read.generated_at)
 
 
 def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:
@@ -70,9 +68,7 @@ def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:
         for result in run.results:
             if result.kind != kind:
                 continue
-            old = chosen.get(result.case_id)
-            if old is None or result.outcome != "skipped" or old.outcome == "skipped":
-                chosen[result.case_id] = result
+            chosen[result.case_id] = preferred(chosen.get(result.case_id), result)
     return list(chosen.values())
 
 
@@ -90,7 +86,7 @@ def kinds_to_publish(
 def kinds_in(runs: Sequence[RunReports]) -> list[str]:
     """train/score kinds present, in that order."""
     present = {r.kind for run in runs for r in run.results}
-    return [k for k in ("train", "score") if k in present]
+    return [k for k in KINDS if k in present]
 
 
 def run_context(runs: Sequence[RunReports], env_ctx: CIContext) -> CIContext:

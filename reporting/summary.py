@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nbgate.ci_context import CIContext
-from nbgate.result import CaseResult
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.model import CaseResult
 from reporting.baseline import Baseline, apply_baseline, baseline_line
-from reporting.format import (
+from reporting.markdown import (
     case_table,
     failure_details,
     figures_markdown,
+    link,
     md_cell,
     md_safe,
     mlflow_hint,
@@ -70,9 +71,9 @@ def _links(
     if pipeline is not None and pipeline.ci:
         bits = []
         if pipeline.pipeline_id:
-            bits.append(_link(f"#{pipeline.pipeline_id}", pipeline.pipeline_url, "Pipeline "))
+            bits.append(link(f"#{pipeline.pipeline_id}", pipeline.pipeline_url, "Pipeline "))
         if pipeline.job_name:
-            bits.append(_link(pipeline.job_name, pipeline.job_url, "job "))
+            bits.append(link(pipeline.job_name, pipeline.job_url, "job "))
         if pipeline.commit_short_sha:
             bits.append(f"commit `{md_cell(pipeline.commit_short_sha)}`")
         if bits:
@@ -81,7 +82,7 @@ def _links(
     for result in runs:
         tracking = result.tracking
         assert tracking is not None
-        target = _link(f"run {tracking.run_id}", tracking.url, "")
+        target = link(f"run {tracking.run_id}", tracking.url, "")
         lines.append(f"- MLflow {md_cell(result.case_id)}: {target}")
     hint = mlflow_hint(results, root) if root is not None else None
     if hint and hint.startswith("mlflow ui"):
@@ -94,9 +95,3 @@ def _links(
         )
         lines.append(f"- Executed notebooks: {links}")
     return "## Links\n\n" + "\n".join(lines) if lines else ""
-
-
-def _link(text: str, url: str | None, prefix: str) -> str:
-    if url and url.startswith(("http://", "https://")):
-        return f"{prefix}[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
-    return f"{prefix}{md_cell(text)}"

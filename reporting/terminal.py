@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from nbgate.result import CaseResult
+from nbgate.contract.files import display_path
+from nbgate.contract.model import CaseResult
+from nbgate.contract.text import clean_text
 from reporting.baseline import Comparison
-from reporting.format import (
-    clean_text,
-    display_path,
+from reporting.markdown import (
     fmt_duration,
     mlflow_hint,
     rule_checks_text,

@@ -54,7 +54,7 @@ def test_valid_config_is_read(project: Path) -> None:
     ]
     train_gpu = config.cases()[1]
     assert train_gpu.runner.gpu and train_gpu.slug == "train-train-gpu"
-    assert [t.rule for t in train_gpu.pipeline.thresholds] == [">= 0.95", "<= 0.25"]
+    assert [t.rule.text for t in train_gpu.pipeline.thresholds] == [">= 0.95", "<= 0.25"]
     score = config.pipelines[1]
     assert score.timeout == 30 and score.runners == ("cpu",)
     assert config.pipelines[0].timeout == 120

@@ -138,7 +138,7 @@ def test_timeout_names_limit_and_cell(project: Path, session: dict) -> None:
     ("name", "expected"),
     [
         ("missing_metric", "loss not recorded (recorded: auc)"),
-        ("nan_metric", "auc is NaN"),
+        ("nan_metric", "auc is not finite (nan)"),
         ("not_number", "TypeError in cell 1: nbgate.record('auc', ...) needs a plain number"),
         ("unknown_param", "parameter typo not defined in the 'parameters' cell (it defines: x)"),
         ("no_params_cell", "has no cell tagged 'parameters', but parameters are injected (x)"),

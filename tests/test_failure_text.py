@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
+from nbgate.contract.failure_text import render_failure
+from nbgate.contract.model import CaseResult
 from nbgate.execute import cell_failure, source_excerpt
-from nbgate.render import render_failure
-from nbgate.result import CaseResult
 
 
 def failed_notebook(source: str, line: int) -> object:

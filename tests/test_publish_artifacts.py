@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from nbgate.config import NbgateConfig, load_config
-from reporting.outcomes import PublishError, PublishSkipped, PublishUsageError
+from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.publish_artifacts import (
+    Declared,
     fetch_artifact,
     package_name,
     package_version,
@@ -51,10 +52,16 @@ def trained(root: Path, *results: Any, model: bytes | None = MODEL) -> Path:
     return write_reports(root / "reports", list(results) or [train_case()])
 
 
+def declared(config: NbgateConfig | None) -> list[Declared]:
+    pipelines = config.pipelines if config is not None else ()
+    return [Declared(p.notebook, p.kind, tuple(p.outputs), p.version) for p in pipelines]
+
+
 def upload(standin: GitLabStandIn, root: Path, config: NbgateConfig, *,
            env: dict[str, str] | None = None, **kwargs: Any) -> Output:
     out = Output(standin.private_token, standin.job_token)
-    publish_artifacts([root / "reports"], env or ci_env(standin), config=config, root=root,
+    publish_artifacts([root / "reports"], env or ci_env(standin), declared=declared(config),
+                      root=root,
                       echo=out, **kwargs)
     return out
 
@@ -62,13 +69,14 @@ def upload(standin: GitLabStandIn, root: Path, config: NbgateConfig, *,
 def fetch(standin: GitLabStandIn, dest: Path, config: NbgateConfig | None, *,
           env: dict[str, str] | None = None, **kwargs: Any) -> Output:
     out = Output(standin.private_token, standin.job_token)
-    fetch_artifact("training_example", dest, env or ci_env(standin), config=config, echo=out,
+    fetch_artifact("training_example", dest, env or ci_env(standin), declared=declared(config),
+                   echo=out,
                    **kwargs)
     return out
 
 
 def test_names_and_versions() -> None:
-    from nbgate.ci_context import CIContext
+    from nbgate.contract.ci_context import CIContext
 
     assert package_name("notebooks/training_example.ipynb") == "training_example"
     assert package_name("my model (v2).ipynb") == "my_model_v2"

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from nbgate.ci_context import CIContext
-from nbgate.result import CaseResult, Failure, ThresholdCheck, Tracking
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.model import CaseResult, Failure, Tracking
 from reporting.comment import decode_state, is_comment_for, marker
-from reporting.metrics_file import build_metrics, write_metrics_json
-from reporting.outcomes import PublishError, PublishSkipped
+from reporting.errors import PublishError, PublishSkipped
 from reporting.publish_mr import publish_mr
+from tests.builders import build_metrics, check, write_metrics_json
 
 try:
     from tests.gitlab_standin import GitLabStandIn
@@ -50,9 +50,9 @@ def train_case(
 ) -> CaseResult:
     """A training case as the harness reports it (rules roc_auc >= 0.95, log_loss <= 0.25)."""
     checks = [
-        ThresholdCheck("roc_auc", ">= 0.95", roc_auc, roc_auc >= 0.95,
+        check("roc_auc", ">= 0.95", roc_auc, roc_auc >= 0.95,
                        "" if roc_auc >= 0.95 else f"{roc_auc} < 0.95"),
-        ThresholdCheck("log_loss", "<= 0.25", log_loss, log_loss <= 0.25),
+        check("log_loss", "<= 0.25", log_loss, log_loss <= 0.25),
     ]
     failure = None
     if outcome == "failed" and all(c.passed for c in checks):
@@ -429,7 +429,7 @@ def test_names_cannot_break_the_table_or_run_quick_actions(
     table = [line for line in body.split("\n") if line.startswith("|")]
     widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
     assert len(widths) == 1, table  # every row has as many cells as the header
-    assert "\\/close" in body and "cpu\\|gpu" in body
+    assert "\\/label ~bug" in body and "cpu\\|gpu" in body
 
 
 def test_figures_are_uploaded_and_shown_inline(mr: GitLabStandIn, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from nbgate.config import WikiSettings
+from reporting.errors import PublishError, PublishSkipped
 from reporting.gitlab_client import connect
-from reporting.outcomes import PublishError, PublishSkipped
 from reporting.publish_wiki import (
+    WikiSettings,
     _write_page,
     case_labels,
     new_rows,

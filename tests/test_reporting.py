@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import xmlschema
 
-from nbgate.ci_context import CIContext
-from nbgate.result import CaseResult, Failure, ThresholdCheck, Tracking
-from reporting import format as fmt
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import load_metrics
+from nbgate.contract.model import CaseResult, Failure, Rule, Tracking
+from reporting import markdown as fmt
 from reporting.baseline import (
     Baseline,
     BaselineInfo,
@@ -29,19 +30,10 @@ from reporting.baseline import (
     load_baseline,
 )
 from reporting.junit import junit_xml
-from reporting.metrics_file import (
-    MetricsFileError,
-    build_metrics,
-    case_prefixes,
-    case_to_json,
-    load_metrics,
-    metrics_txt,
-    parse_metrics,
-    write_metrics_json,
-)
-from reporting.plugin import annotations
+from reporting.report_files import annotations, metric_prefixes, metrics_txt
 from reporting.summary import render_summary
 from reporting.terminal import case_lines, files_line
+from tests.builders import build_metrics, check, write_metrics_json
 
 try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
     from tests.nbproject import write_notebook, write_pyproject
@@ -67,8 +59,8 @@ def passed_case(**overrides: object) -> CaseResult:
         duration_s=41.234,
         metrics={"roc_auc": 0.99312345, "accuracy": 0.958, "log_loss": 0.1211},
         thresholds=[
-            ThresholdCheck("roc_auc", ">= 0.95", 0.99312345, True),
-            ThresholdCheck("log_loss", "<= 0.25", 0.1211, True),
+            check("roc_auc", ">= 0.95", 0.99312345, True),
+            check("log_loss", "<= 0.25", 0.1211, True),
         ],
         executed_notebook="reports/notebooks/training_example-train-cpu.ipynb",
         figures={"roc_curve": "reports/figures/training_example-train-cpu-roc_curve.png"},
@@ -97,8 +89,8 @@ def failed_case() -> CaseResult:
         duration_s=2.5,
         metrics={"a|b": 0.5, "nan_metric": math.nan},
         thresholds=[
-            ThresholdCheck("nan_metric", ">= 0.9", math.nan, False, "is NaN"),
-            ThresholdCheck("missing", "> 0", None, False, "not recorded (recorded: a|b)"),
+            check("nan_metric", ">= 0.9", math.nan, False, "is NaN"),
+            check("missing", "> 0", None, False, "not recorded (recorded: a|b)"),
         ],
         executed_notebook="reports/notebooks/score-cpu.ipynb",
         failure=Failure(
@@ -156,10 +148,10 @@ def test_durations_rules_marks_and_outcomes() -> None:
     assert fmt.fmt_duration(41.234) == "41.2 s"
     assert fmt.fmt_duration(185) == "3 min 05 s"
     assert fmt.fmt_duration(3725) == "1 h 02 min"
-    assert fmt.fmt_rule(">= 0.95") == "≥ 0.95"
-    assert fmt.fmt_rule("<= 0.25") == "≤ 0.25"
-    assert fmt.fmt_rule("== 1") == "= 1"
-    assert fmt.fmt_rule("> 0") == "> 0"
+    assert fmt.fmt_rule(Rule.parse(">= 0.95")) == "≥ 0.95"
+    assert fmt.fmt_rule(Rule.parse("<= 0.25")) == "≤ 0.25"
+    assert fmt.fmt_rule(Rule.parse("== 1")) == "= 1"
+    assert fmt.fmt_rule(Rule.parse("> 0")) == "> 0"
     assert (fmt.threshold_mark(True), fmt.threshold_mark(False)) == ("✅", "❌")
     assert fmt.outcome_label(passed_case()) == "✅ passed"
     assert fmt.outcome_label(skipped_case()) == "⏭ skipped: no CUDA GPU visible"
@@ -324,61 +316,7 @@ def test_junit_is_valid_clean_and_complete() -> None:
     assert cases["n/h.ipynb::train[cpu]"].find("system-out") is None
 
 
-# -- metrics_file.py -------------------------------------------------------------------------
-
-
-def test_metrics_json_follows_spec_and_round_trips(tmp_path: Path) -> None:
-    results = [passed_case(), skipped_case(), failed_case()]
-    results[0].parameters = {"device": "cpu", "weird": math.inf}
-    ci = CIContext.from_env(
-        {"CI": "true", "CI_COMMIT_SHA": "0123456789abcdef", "CI_PIPELINE_ID": "7"}
-    )
-    baseline = BaselineInfo("base.json", "89abcdef", "990", "main")
-    document = build_metrics(results, ci.to_dict(), baseline.to_dict(),
-                             now=datetime(2026, 11, 27, 6, 0, tzinfo=UTC))
-    path = write_metrics_json(tmp_path / "metrics.json", document)
-    data = json.loads(path.read_text(encoding="utf-8"))  # strict JSON: NaN would not load here
-    assert data["schema"] == 1 and data["generated_at"] == "2026-11-27T06:00:00Z"
-    assert data["pipeline"]["commit_sha"] == "0123456789abcdef" and data["pipeline"]["ci"] is True
-    assert data["baseline"] == {"source": "base.json", "commit": "89abcdef", "pipeline_id": "990",
-                                "ref": "main", "pipeline_url": None}
-    good, gpu, bad = data["cases"]
-    assert set(good) >= {"case_id", "notebook", "kind", "runner", "outcome", "duration_s",
-                         "metrics", "thresholds", "executed_notebook", "failure", "figures"}
-    assert good["thresholds"]["roc_auc"] == {"rule": ">= 0.95", "passed": True,
-                                             "value": 0.99312345, "reason": ""}
-    assert good["metrics"]["roc_auc"] == 0.99312345  # exact
-    assert good["figures"] == {
-        "roc_curve": "reports/figures/training_example-train-cpu-roc_curve.png"
-    }
-    assert good["parameters"]["weird"] is None
-    assert gpu["outcome"] == "skipped" and gpu["skip_reason"].startswith("no CUDA GPU")
-    assert bad["metrics"]["nan_metric"] is None
-    assert bad["thresholds"]["missing"]["value"] is None
-    assert bad["failure"]["kind"] == "cell_error"
-    assert bad["failure"]["message"] == "ValueError in cell 3: bad | input"  # ANSI removed
-    assert "\\u001b" not in path.read_text(encoding="utf-8")
-
-    pipeline, cases, base = load_metrics(path)
-    assert pipeline["pipeline_id"] == "7" and base is not None and base["commit"] == "89abcdef"
-    assert [c.case_id for c in cases] == [r.case_id for r in results]
-    assert [case_to_json(c) for c in cases] == data["cases"]
-    assert math.isnan(cases[2].metrics["nan_metric"])
-    assert cases[2].thresholds[1] == ThresholdCheck("missing", "> 0", None, False,
-                                                    "not recorded (recorded: a|b)")
-
-
-def test_load_metrics_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(MetricsFileError, match=r"nope\.json: cannot read"):
-        load_metrics(tmp_path / "nope.json")
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json", encoding="utf-8")
-    with pytest.raises(MetricsFileError, match=r"broken\.json: not valid JSON"):
-        load_metrics(broken)
-    with pytest.raises(MetricsFileError, match="schema 2 is not supported"):
-        parse_metrics({"schema": 2, "cases": []}, "x")
-    with pytest.raises(MetricsFileError, match=r"cases\[0\] is not a case result"):
-        parse_metrics({"schema": 1, "cases": [{"case_id": "x"}]}, "x")
+# -- baselines and metrics.txt -------------------------------------------------------------
 
 
 def test_baselines_from_files_and_bytes(tmp_path: Path) -> None:
@@ -413,9 +351,9 @@ def test_metrics_txt_names_are_unique_and_safe() -> None:
     assert "other.training_example.train.cpu.roc_auc 0.5000" in lines
     assert "scoring_example.score.cpu.rows 114" in lines
     assert "scoring_example.score.cpu.mean_score 0.6210" in lines
-    assert "tests.test_nb.py.test_run_p_1_2.score 1" in lines
+    assert "tests.test_nb.py.test_run.p_1_2.score 1" in lines
     assert "sc_ore.score.cpu.a_b 0.5000" in lines
-    prefixes = case_prefixes(results)
+    prefixes = metric_prefixes(results)
     assert len(set(prefixes.values())) == len(prefixes)
 
 
@@ -553,7 +491,8 @@ def check_reports(root: Path, expected: list[str]) -> dict[str, object]:
     SCHEMA.validate(junit_text)
     names = [c.get("name") for c in ET.fromstring(junit_text).iter("testcase")]
     assert sorted(names) == sorted(expected)
-    _, cases, baseline = load_metrics(reports / "metrics.json")
+    document = load_metrics(reports / "metrics.json")
+    cases, baseline = document.cases, document.baseline
     assert sorted(c.case_id for c in cases) == sorted(expected)
     summary = (reports / "summary.md").read_text(encoding="utf-8")
     rows = [line for line in summary.splitlines() if line.startswith("| notebooks/")]

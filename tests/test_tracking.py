@@ -127,7 +127,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def results_of(root: Path) -> dict[str, dict[str, Any]]:
-    return {r["case_id"]: r for r in json.loads((root / "results.json").read_text())}
+    return {r["id"]: r for r in json.loads((root / "results.json").read_text())}
 
 
 def run_session(
@@ -360,7 +360,7 @@ def test_bad_token_fails_the_case_with_uri_and_status(
 # -- the hooks in-process, for the remaining combinations ------------------------------------
 def hook_case(tmp_path: Path) -> tuple[Any, Any]:
     from nbgate.case import CaseRun, CaseSpec
-    from nbgate.result import CaseResult
+    from nbgate.contract.model import CaseResult
 
     spec = CaseSpec("notebooks/n.ipynb::train[cpu]", "notebooks/n.ipynb", "train", "cpu", "n")
     result = CaseResult(spec.case_id, spec.notebook, "train", "cpu", "passed", metrics={"a": 1.0})
@@ -430,7 +430,7 @@ def test_bad_token_is_a_warning_when_tracking_is_optional(
 
 
 def test_run_urls() -> None:
-    from nbgate.ci_context import CIContext
+    from nbgate.contract.ci_context import CIContext
     from nbgate.tracking import run_url
 
     assert run_url("http://u:p@mlflow:5000/", "3", "abc", CIContext()) == (

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
-from nbgate.result import CaseResult
+from nbgate.contract.model import CaseResult
+from nbgate.contract.text import fmt_number
 
 TRACEBACK_LINES = 40
-
-
-def format_value(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if math.isnan(value):
-        return "NaN"
-    return f"{value:.4g}"
 
 
 def render_failure(result: CaseResult) -> str:
@@ -35,10 +26,11 @@ def render_failure(result: CaseResult) -> str:
     if result.thresholds:
         lines += ["", "thresholds:"]
         for check in result.thresholds:
-            mark = "ok  " if check.passed else "FAIL"
+            mark = "FAIL" if not check.passed else ("ok  " if check.checked else "--  ")
             why = f" ({check.reason})" if check.reason else ""
-            lines.append(f"  {mark} {check.metric} {check.rule}: {format_value(check.value)}{why}")
+            value = fmt_number(check.value)
+            lines.append(f"  {mark} {check.metric} {check.rule.text}: {value}{why}")
     if result.metrics:
-        recorded = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(result.metrics.items()))
+        recorded = ", ".join(f"{k}={fmt_number(v)}" for k, v in sorted(result.metrics.items()))
         lines += ["", f"recorded metrics: {recorded}"]
     return "\n".join(lines)

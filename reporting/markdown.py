@@ -1,4 +1,4 @@
-"""Shared formatting for every human-facing report: summary.md, terminal, MR comment, wiki.
+"""Markdown and text pieces for every human-facing report: summary.md, terminal, MR comment, wiki.
 
 Everything here is a pure function of CaseResult data; nothing reads files or the environment.
 The publishing code (``nbgate publish mr/wiki``) builds its bodies from these pieces, so the
@@ -14,7 +14,6 @@ Public API (all documented below):
     outcome_label(result)              "✅ passed", "❌ failed: ValueError in cell 7",
                                        "⏭ skipped: no CUDA GPU visible"
     short_reason(text)                 the first clause of a reason, clipped for a table cell
-    clean_text(text)                   ANSI codes and control characters removed
     md_cell(text)                      text made safe for a markdown table cell
     md_safe(body)                      a whole markdown body made safe to post (no quick actions)
     metric_names(results)              the metric columns, in first-recorded order
@@ -28,13 +27,12 @@ Public API (all documented below):
     rule_checks_text(result, ...)      plain-text metrics vs rules (the terminal line)
     run_link_markdown(result)          "[run](url)" to the case's MLflow run
     mlflow_hint(results, cwd)          "mlflow ui --backend-store-uri sqlite:///mlflow.db" / a URL
-    display_path(path, cwd)            a path relative to cwd when inside it
+    link(text, url)                    "[text](url)" for an http(s) URL, else the text
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -42,9 +40,10 @@ from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
-from nbgate.redact import strip_ansi
-from nbgate.render import render_failure
-from nbgate.result import CaseResult, ThresholdCheck
+from nbgate.contract.failure_text import render_failure
+from nbgate.contract.files import display_path
+from nbgate.contract.model import CaseResult, Rule, ThresholdCheck
+from nbgate.contract.text import MISSING, clean_text, fmt_number
 
 if TYPE_CHECKING:
     from reporting.baseline import Comparison, MetricDelta
@@ -52,38 +51,14 @@ if TYPE_CHECKING:
 PASS_MARK = "✅"
 FAIL_MARK = "❌"
 SKIP_MARK = "⏭"
-MISSING = "–"  # en dash: a value that does not exist (not a zero)
 MINUS = "−"  # U+2212, for deltas as in the design; values keep the ASCII "-" (copy-paste)
 
 OUTCOME_MARKS = {"passed": PASS_MARK, "failed": FAIL_MARK, "skipped": SKIP_MARK}
 _RULE_OPS = {">=": "≥", "<=": "≤", "==": "="}
-# Control characters XML 1.0 and most renderers reject; \t \n \r are kept.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # ESC ] ... BEL: titles, hyperlinks
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 
 
 # -- numbers ---------------------------------------------------------------------------------
-
-
-def fmt_number(value: float | None) -> str:
-    """A metric value for reading: 4 significant digits; exact values stay in metrics.json.
-
-    Whole numbers print as integers ("114"), large ones are rounded to integers ("12346"),
-    tiny ones use an exponent ("1.235e-05"); None is "–", NaN is "NaN", infinities "inf"/"-inf".
-    """
-    if value is None:
-        return MISSING
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if 1e4 <= abs(value) < 1e15:
-        return str(round(value))
-    return f"{value:#.4g}".rstrip(".")  # "1234." -> "1234"
 
 
 def _decimals(magnitude: float) -> int:
@@ -123,9 +98,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
-def fmt_rule(rule: str) -> str:
-    """A normalised threshold rule for reading: ">= 0.95" -> "≥ 0.95", "== 1" -> "= 1"."""
-    op, _, rest = rule.strip().partition(" ")
+def fmt_rule(rule: Rule) -> str:
+    """A rule for reading: "≥ 0.95", "= 1", "≥ baseline − 0.005"."""
+    op, _, rest = rule.text.partition(" ")
+    rest = rest.replace(" - ", f" {MINUS} ").replace(" * ", " × ")
     return f"{_RULE_OPS.get(op, op)} {rest}".strip()
 
 
@@ -135,11 +111,6 @@ def threshold_mark(passed: bool) -> str:
 
 
 # -- text ------------------------------------------------------------------------------------
-
-
-def clean_text(text: str) -> str:
-    """``text`` without ANSI escape sequences or control characters (tab and newlines stay)."""
-    return _CONTROL.sub("", strip_ansi(_OSC.sub("", text)))
 
 
 def short_reason(text: str | None, limit: int = 60) -> str:
@@ -188,6 +159,19 @@ def md_safe(body: str) -> str:
             line = (" " if fenced else "\\") + line
         out.append(line)
     return "\n".join(out)
+
+
+def is_web_url(url: object) -> bool:
+    """Only http(s) links are ever rendered: a results file may carry anything."""
+    return isinstance(url, str) and url.startswith(("http://", "https://"))
+
+
+def link(text: str, url: str | None, prefix: str = "") -> str:
+    """``[text](url)`` for an http(s) URL (escaped for markdown), else the escaped text."""
+    if is_web_url(url):
+        assert url is not None
+        return f"{prefix}[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
+    return f"{prefix}{md_cell(text)}"
 
 
 def _html(text: str) -> str:
@@ -305,15 +289,15 @@ def run_link_markdown(result: CaseResult) -> str:
     tracking = result.tracking
     if tracking is None:
         return MISSING
-    if tracking.url and tracking.url.startswith(("http://", "https://")):
-        return f"[run]({tracking.url.replace(')', '%29').replace(' ', '%20')})"
+    if is_web_url(tracking.url):
+        return link("run", tracking.url)
     return f"`{md_cell(tracking.run_id[:8])}`"
 
 
 def failure_details(result: CaseResult, *, max_chars: int = 6000) -> str:
-    """A collapsed block with the failure text (``nbgate.render.render_failure``) for a failed
-    case, "" otherwise. The text is an indented code block, so nothing in a traceback renders as
-    markdown or starts a quick action; it is cut at ``max_chars`` (the executed notebook has all).
+    """A collapsed block with the failure text (``render_failure``) for a failed case, "" otherwise.
+    The text is an indented code block, so nothing in a traceback renders as markdown or
+    starts a quick action; it is cut at ``max_chars`` (the executed notebook has all).
     """
     if result.outcome != "failed":
         return ""
@@ -413,12 +397,3 @@ def mlflow_hint(results: Sequence[CaseResult], cwd: Path) -> str | None:
             return tracking.url
     uri = tracked[0].tracking_uri
     return f"tracking URI {uri}" if uri else f"run {tracked[0].run_id}"
-
-
-def display_path(path: Path, cwd: Path) -> str:
-    """``path`` relative to ``cwd`` when it lies inside it, else as it is (POSIX separators)."""
-    try:
-        rel = os.path.relpath(path, cwd)
-    except ValueError:  # another drive on Windows
-        return path.as_posix()
-    return Path(rel).as_posix() if not rel.startswith("..") else path.as_posix()

@@ -1,0 +1,305 @@
+"""The one JSON shape of a case result, and the ``metrics.json`` document that holds them.
+
+The same ``case_to_json`` shape travels from pytest-xdist workers to the controller, is written
+to ``metrics.json`` and is carried by the MR comment's hidden state, so a result reads back the
+same wherever it was stored. ``metrics.schema.json`` beside this module is the published JSON
+Schema of the document; readers validate against it, so a bad file is refused naming the field.
+
+Schema history: 1 keyed cases by ``case_id`` and kept each threshold as rule text; 2 names the
+key ``id`` (as the product contract does) and keeps each rule as data (operator, amount,
+baseline form). Version 1 files are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.model import (
+    CaseResult,
+    Failure,
+    Rule,
+    ThresholdCheck,
+    Tracking,
+)
+from nbgate.contract.text import clean_text
+
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
+SCHEMA_FILE = Path(__file__).with_name("metrics.schema.json")
+
+
+class ResultsFileError(ValueError):
+    """A metrics.json that cannot be read; the message names the file and the field."""
+
+
+# -- one case --------------------------------------------------------------------------------
+
+
+def case_to_json(result: CaseResult) -> dict[str, Any]:
+    """A case result as JSON-ready data. Numbers JSON cannot hold (NaN, infinities) are null;
+    texts are cleaned of ANSI codes and control characters, like every report."""
+    checks: dict[str, dict[str, Any]] = {}
+    for metric, group in result.checks_by_metric().items():
+        checks[metric] = {
+            "rule": " and ".join(c.rule.text for c in group),
+            "passed": all(c.passed for c in group),
+            "value": _finite(group[0].value),
+            "checks": [_check_to_json(c) for c in group],
+        }
+    failure = None
+    if result.failure is not None:
+        failure = {k: clean_text(v) if isinstance(v, str) else v
+                   for k, v in asdict(result.failure).items()}
+    return {
+        "id": result.case_id,
+        "notebook": result.notebook,
+        "kind": result.kind,
+        "runner": result.runner,
+        "outcome": result.outcome,
+        "duration_s": _finite(result.duration_s) or 0.0,
+        "parameters": _json_safe(result.parameters),
+        "metrics": {name: _finite(value) for name, value in result.metrics.items()},
+        "thresholds": checks,
+        "executed_notebook": result.executed_notebook,
+        "figures": dict(result.figures),
+        "outputs": list(result.outputs),
+        "failure": failure,
+        "skip_reason": clean_text(result.skip_reason) if result.skip_reason else None,
+        "tracking": asdict(result.tracking) if result.tracking is not None else None,
+    }
+
+
+def _check_to_json(check: ThresholdCheck) -> dict[str, Any]:
+    return {
+        "rule": check.rule.text,
+        "op": check.rule.op,
+        "amount": check.rule.amount,
+        "change": check.rule.change,
+        "passed": check.passed,
+        "checked": check.checked,
+        "bound": _finite(check.bound),
+        "baseline": _finite(check.baseline),
+        "reason": check.reason,
+    }
+
+
+def case_from_json(data: Mapping[str, Any]) -> CaseResult:
+    """The inverse of ``case_to_json`` (schema 2 shape). Unknown keys are ignored."""
+    thresholds = [
+        _check_from_json(metric, raw, group.get("value"))
+        for metric, group in (data.get("thresholds") or {}).items()
+        for raw in group.get("checks") or []
+    ]
+    failure = data.get("failure")
+    tracking = data.get("tracking")
+    return CaseResult(
+        case_id=data["id"],
+        notebook=data.get("notebook") or "",
+        kind=data["kind"],
+        runner=data["runner"],
+        outcome=data["outcome"],
+        duration_s=float(data.get("duration_s") or 0.0),
+        parameters=dict(data.get("parameters") or {}),
+        metrics={k: _number(v) for k, v in (data.get("metrics") or {}).items()},
+        thresholds=thresholds,
+        executed_notebook=data.get("executed_notebook"),
+        figures=dict(data.get("figures") or {}),
+        outputs=list(data.get("outputs") or []),
+        failure=Failure(**_known(Failure, failure)) if failure else None,
+        skip_reason=data.get("skip_reason"),
+        tracking=Tracking(**_known(Tracking, tracking)) if tracking else None,
+    )
+
+
+def _check_from_json(metric: str, raw: Mapping[str, Any], value: Any) -> ThresholdCheck:
+    rule = Rule(raw["op"], float(raw["amount"]), raw.get("change"))
+    return ThresholdCheck(
+        metric=metric,
+        rule=rule,
+        value=None if value is None else float(value),
+        passed=bool(raw["passed"]),
+        reason=raw.get("reason") or "",
+        bound=raw.get("bound"),
+        baseline=raw.get("baseline"),
+        checked=raw.get("checked", True),
+    )
+
+
+def _upgrade_case_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema-1 case in the schema-2 shape. Version 1 stored rules as text, so this is the one
+    place outside the config that reads rule text (rules written by an older nbgate)."""
+    upgraded = {k: v for k, v in data.items() if k not in ("case_id", "thresholds")}
+    upgraded["id"] = data["case_id"]
+    thresholds = {}
+    for metric, check in (data.get("thresholds") or {}).items():
+        rule = Rule.parse(check["rule"])
+        thresholds[metric] = {
+            "value": check.get("value"),
+            "checks": [{"op": rule.op, "amount": rule.amount, "change": rule.change,
+                        "passed": check["passed"], "reason": check.get("reason") or "",
+                        "bound": rule.bound()}],
+        }
+    upgraded["thresholds"] = thresholds
+    return upgraded
+
+
+# -- the metrics.json document ---------------------------------------------------------------
+
+
+@dataclass
+class MetricsDocument:
+    """A read metrics.json: the run's CI context, its cases, and what it was compared with."""
+
+    cases: list[CaseResult]
+    pipeline: CIContext = field(default_factory=CIContext)
+    baseline: dict[str, Any] | None = None  # where the baseline came from, as written
+    interrupted: bool = False
+    not_run: list[str] = field(default_factory=list)  # collected case ids that never reported
+    shard: dict[str, int] | None = None  # {"index": k, "total": n} for a sharded run
+    generated_at: str | None = None
+    schema: int = SCHEMA
+
+
+def metrics_document(
+    results: Sequence[CaseResult],
+    *,
+    pipeline: CIContext,
+    baseline: Mapping[str, Any] | None = None,
+    interrupted: bool = False,
+    not_run: Sequence[str] = (),
+    shard: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The metrics.json document for ``results`` (exact values; other reports round)."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "schema": SCHEMA,
+        "generated_at": stamp,
+        "interrupted": interrupted,
+        "not_run": list(not_run),
+        "shard": dict(shard) if shard else None,
+        "pipeline": _json_safe(pipeline.to_dict()),
+        "baseline": _json_safe(dict(baseline)) if baseline else None,
+        "cases": [case_to_json(r) for r in results],
+    }
+
+
+def dumps_metrics(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.json") -> \
+        MetricsDocument:
+    """Read a metrics.json document (parsed, or its text or bytes, e.g. from an API download).
+
+    Raises ``ResultsFileError`` naming ``source`` and the offending field when it is not a
+    metrics.json of a schema this nbgate reads.
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ResultsFileError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ResultsFileError(f"{source}: not an nbgate metrics.json (expected a JSON object)")
+    schema = data.get("schema")
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
+        readable = ", ".join(map(str, READABLE_SCHEMAS))
+        raise ResultsFileError(
+            f"{source}: schema: {schema!r} is not a metrics.json schema this nbgate reads "
+            f"({readable})"
+        )
+    validate_document(data, source)
+    raw_cases = data["cases"]
+    if schema == 1:
+        raw_cases = [_upgrade_case_v1(c) for c in raw_cases]
+    cases = []
+    for i, raw in enumerate(raw_cases):
+        try:
+            cases.append(case_from_json(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsFileError(f"{source}: cases[{i}]: {exc}") from None
+    pipeline = data.get("pipeline") or {}
+    return MetricsDocument(
+        cases=cases,
+        pipeline=CIContext.from_dict(pipeline),
+        baseline=dict(data["baseline"]) if data.get("baseline") else None,
+        interrupted=bool(data.get("interrupted")),
+        not_run=list(data.get("not_run") or []),
+        shard=dict(data["shard"]) if data.get("shard") else None,
+        generated_at=data.get("generated_at"),
+        schema=schema,
+    )
+
+
+def load_metrics(path: str | Path) -> MetricsDocument:
+    """Read a metrics.json file; ``ResultsFileError`` when missing, unreadable or invalid."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return read_metrics(raw, str(path))
+
+
+def validate_document(data: Mapping[str, Any], source: str) -> None:
+    """Check ``data`` against the published schema of its version; the first error, with its
+    JSON path (``cases[0].duration_s``), becomes a ResultsFileError."""
+    import jsonschema  # nbformat's dependency; only publish and baselines read files
+
+    validator = jsonschema.Draft202012Validator(_schema(int(data["schema"])))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    raise ResultsFileError(f"{source}: {where.lstrip('.') or 'document'}: {error.message}")
+
+
+@cache
+def _schema(version: int) -> dict[str, Any]:
+    document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    if version == SCHEMA:
+        return document
+    # The previous version is kept inside the published file under $defs, so one file documents
+    # what this nbgate reads.
+    return {"$schema": document["$schema"], "$defs": document["$defs"],
+            **document["$defs"][f"schema{version}"]}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity: such numbers become null (parameters may hold them too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,119 @@
+"""The files a session leaves in the reports folder: summary.md, junit.xml, metrics.json,
+metrics.txt and (when runs have MLflow links) annotations.json.
+
+Each file is written on its own, atomically: one that fails to render must not cost the others,
+since later CI jobs publish from whatever is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import dumps_metrics, metrics_document
+from nbgate.contract.files import write_text_atomic
+from nbgate.contract.model import CaseResult, case_labels
+from nbgate.contract.session import SessionResults
+from nbgate.contract.text import fmt_number
+from reporting.baseline import Baseline, Comparison, apply_baseline
+from reporting.junit import junit_xml
+from reporting.markdown import is_web_url
+from reporting.summary import render_summary
+
+REPORT_FILES = ("summary.md", "junit.xml", "metrics.json", "metrics.txt")
+ANNOTATIONS = "annotations.json"
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class Written:
+    """What ``write_reports`` produced: the files, the lines for the ones that failed, and the
+    comparison with the baseline (the terminal shows it too)."""
+
+    files: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    comparison: Comparison = field(default_factory=dict)
+
+
+def write_reports(
+    session: SessionResults,
+    *,
+    baseline: Baseline | None = None,
+    baseline_reason: str | None = None,
+    pipeline: CIContext | None = None,
+) -> Written:
+    """Write every report file of ``session`` into its reports folder."""
+    results = session.ordered()
+    reports, root = session.reports, session.root
+    pipeline = pipeline or CIContext.from_env()
+    written = Written(comparison=apply_baseline(results, baseline))
+    not_run = session.not_run()
+
+    def link_for(path: str) -> str:
+        return Path(os.path.relpath(root / path, reports)).as_posix()
+
+    shard = {"index": session.shard[0], "total": session.shard[1]} if session.shard else None
+    renderers: dict[str, Callable[[], str]] = {
+        "summary.md": lambda: render_summary(
+            results, pipeline=pipeline, baseline=baseline, baseline_reason=baseline_reason,
+            interrupted=session.interrupted, not_run=not_run, link_for=link_for, root=root),
+        "junit.xml": lambda: junit_xml(results),
+        "metrics.json": lambda: dumps_metrics(metrics_document(
+            results, pipeline=pipeline,
+            baseline=baseline.info.to_dict() if baseline else None,
+            interrupted=session.interrupted, not_run=not_run, shard=shard)),
+        "metrics.txt": lambda: metrics_txt(results),
+    }
+    links = annotations(results)
+    if links is not None:
+        renderers[ANNOTATIONS] = lambda: json.dumps(links, indent=2) + "\n"
+    else:
+        (reports / ANNOTATIONS).unlink(missing_ok=True)  # a stale one would link older runs
+    for name, render in renderers.items():
+        try:
+            write_text_atomic(reports / name, render())
+        except Exception as exc:  # one broken file must not cost the others
+            written.errors.append(f"{reports / name}: {type(exc).__name__}: {exc}")
+        else:
+            written.files.append(reports / name)
+    return written
+
+
+def annotations(results: Sequence[CaseResult]) -> dict[str, Any] | None:
+    """GitLab's annotations report: an external link to each case's MLflow run, or None."""
+    links = [
+        {"external_link": {"label": f"MLflow run: {r.case_id}", "url": r.tracking.url}}
+        for r in results
+        if r.tracking is not None and is_web_url(r.tracking.url)
+    ]
+    return {"mlflow": links} if links else None
+
+
+def metric_prefixes(results: Sequence[CaseResult]) -> dict[str, str]:
+    """A unique, safe metric-name prefix per case id, from the case's unique label:
+    ``training_example.train.cpu`` (``notebooks.a.train.train.cpu`` when names clash)."""
+    prefixes = {}
+    for case_id, label in case_labels(results).items():
+        text = label.replace(".ipynb", "").replace(" · ", ".").replace("::", ".").replace("/", ".")
+        text = text.replace("[", ".").replace("]", "")
+        prefixes[case_id] = _UNSAFE_NAME.sub("_", text).strip("_.") or "case"
+    return prefixes
+
+
+def metrics_txt(results: Sequence[CaseResult]) -> str:
+    """GitLab's metrics report: one ``<case prefix>.<metric> <value>`` line per recorded metric,
+    the value at 4 significant digits (GitLab compares the text with the target branch, so noise
+    below that would show as a change)."""
+    prefixes = metric_prefixes(results)
+    lines = []
+    for result in results:
+        for name, value in result.metrics.items():
+            metric = _UNSAFE_NAME.sub("_", name)
+            lines.append(f"{prefixes[result.case_id]}.{metric} {fmt_number(value)}")
+    return "".join(line + "\n" for line in lines)
