@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.model import CaseResult, Failure, Threshold, ThresholdCheck
+from nbgate.contract.redact import Redactor
 from nbgate.execute import RunRequest, execute
 from nbgate.kernels import KernelPool, kernel_environment
-from nbgate.redact import Redactor
 from nbgate.thresholds import evaluate
 
 

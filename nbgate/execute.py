@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbgate.contract.model import Failure
+from nbgate.contract.text import strip_ansi
 from nbgate.kernels import Kernel, KernelPool, KernelStartError
 from nbgate.notebook import (
     NotebookProblem,
@@ -22,7 +23,6 @@ from nbgate.notebook import (
     read_notebook,
     read_recorded,
 )
-from nbgate.redact import strip_ansi
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode

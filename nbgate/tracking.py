@@ -43,7 +43,7 @@ import pytest
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.model import CaseResult, Failure, Tracking
-from nbgate.redact import Redactor
+from nbgate.contract.redact import Redactor
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -28,7 +28,7 @@ import requests
 from gitlab.exceptions import GitlabError
 
 from nbgate.contract.ci_context import CIContext
-from nbgate.redact import Redactor
+from nbgate.contract.redact import Redactor
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 
 T = TypeVar("T")

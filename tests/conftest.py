@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from nbgate.contract.codec import SCHEMA_FILE
 
 try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
     from tests.gitlab_standin import GitLabStandIn
@@ -25,3 +30,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "ci_file: checks .gitlab-ci.yml and the Dockerfile with the real CI tools"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_metrics_json_matches_the_schema(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """Every metrics.json this test process wrote (test projects live under its base temp
+    folder) is checked with check-jsonschema against the published schema at the end."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    files = [str(p) for p in base.rglob("metrics.json")
+             if "schema1" not in p.parent.name]  # deliberate old-version copies
+    if not files:
+        return
+    tool = str(Path(sys.executable).with_name("check-jsonschema"))
+    run = subprocess.run([tool, "--schemafile", str(SCHEMA_FILE), *files],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, f"{len(files)} metrics.json checked:\n{run.stdout}{run.stderr}"

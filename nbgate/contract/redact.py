@@ -11,11 +11,6 @@ _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|_KEY$|^KEY$|CREDENTIALS
 # Shorter values would redact common words and digits all over a report.
 MIN_SECRET_LENGTH = 6
 MASK = "[MASKED]"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 class Redactor:
