@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.txt requirements-test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set (as on CI machines), every kernel
 	@# would otherwise recompile scikit-learn, xgboost and pandas on import (~4 s a notebook).
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e .
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e ".[example,bench,test]"
 	touch $@
 
 train: $(STAMP)
@@ -38,7 +38,7 @@ bench: $(STAMP)
 
 # Regenerate the pinned locks after changing ranges in pyproject.toml.
 lock: $(STAMP)
-	$(UV) pip compile pyproject.toml -o requirements.txt --python-version 3.11
+	$(UV) pip compile pyproject.toml --extra example --extra bench -o requirements.txt --python-version 3.11
 	$(UV) pip compile pyproject.toml --extra test -c requirements.txt -o requirements-test.txt --python-version 3.11 --no-header
 
 clean:
