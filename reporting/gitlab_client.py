@@ -1,7 +1,7 @@
 """What every ``nbgate publish`` command shares: the token, the python-gitlab session and errors
 that say what to check.
 
-Facts this module relies on (shared/notes/gitlab.md):
+Facts this module relies on (from GitLab's API documentation and python-gitlab's source):
 
 - python-gitlab sends ``PRIVATE-TOKEN`` for ``private_token=`` and ``JOB-TOKEN`` for ``job_token=``;
   a ``CI_JOB_TOKEN`` may read notes, packages and job artifacts, never post notes, wiki pages or
