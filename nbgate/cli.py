@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate import __version__
+from nbgate.contract.files import display_path
 from nbgate.contract.model import KINDS
 
 
@@ -208,7 +209,7 @@ def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         cases = [c for c in config.cases() if args.kind in (None, c.pipeline.kind)]
         pipelines = {c.pipeline.notebook for c in cases}
         echo(f"{args.pyproject}: {len(cases)} case(s) in {len(pipelines)} pipeline(s); "
-             f"reports go to {_relative(config.reports)}/")
+             f"reports go to {display_path(config.reports)}/")
         width = max((len(c.id) for c in cases), default=0)
         for case in cases:
             pipeline = case.pipeline
@@ -223,13 +224,6 @@ def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             echo(f"{case.id:<{width}}  " + "  ·  ".join(bits))
 
     return _run(args, env, body)
-
-
-def _relative(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":

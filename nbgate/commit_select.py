@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from nbgate.config import Case, NbgateConfig
+from nbgate.contract.model import KINDS
 
 # The same shape as the `rules:if` regexes in .gitlab-ci.yml, so a title that creates a train
 # job is exactly a title the harness accepts: lowercase word at the very start, whitespace, path.
@@ -88,7 +89,7 @@ def selection_for(
 def _from_schedule(config: NbgateConfig, env: Mapping[str, str]) -> CommitSelection:
     # Training first: a schedule that sets both is a retraining schedule (the CI file only
     # creates the scoring job when TRAINING_NOTEBOOK is empty).
-    for kind in ("train", "score"):
+    for kind in KINDS:
         variable = _SCHEDULE_VARIABLES[kind]
         paths = env.get(variable, "").split()
         if paths:

@@ -20,7 +20,7 @@ from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import case_from_json, case_to_json
-from nbgate.contract.model import CaseResult, case_labels
+from nbgate.contract.model import CaseResult, case_labels, preferred
 from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
 from reporting.markdown import (
@@ -152,7 +152,9 @@ def merge_previous(data: CommentData, previous: Mapping[str, Any] | None) -> Com
                               raw.get("job_url"))
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
-        merged.append(current.pop(old.result.case_id, old))
+        new = current.pop(old.result.case_id, None)
+        merged.append(old if new is None else
+                      new if preferred(old.result, new.result) is new.result else old)
     merged += current.values()
     baselines = list(data.baselines)
     for raw in previous.get("baselines") or []:
