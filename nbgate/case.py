@@ -27,6 +27,8 @@ class CaseSpec:
     slug: str  # file-name-safe, unique per case
     parameters: Mapping[str, Any] = field(default_factory=dict)
     thresholds: tuple[Threshold, ...] = ()
+    baseline: Mapping[str, float] | None = None  # production's metrics for baseline rules
+    require_baseline: bool = False  # an unchecked baseline rule fails
     timeout: float = 900.0
     outputs: tuple[str, ...] = ()
     experiment: str | None = None
@@ -125,7 +127,8 @@ class CaseRunner:
             run.executed_notebook = self._write_notebook(spec, redactor.deep(execution.nb))
             result.executed_notebook = self._relative(run.executed_notebook)
         result.figures = self._write_figures(spec, execution.recorded.figures)
-        result.thresholds = evaluate(list(spec.thresholds), result.metrics)
+        result.thresholds = evaluate(spec.thresholds, result.metrics, spec.baseline,
+                                     spec.require_baseline)
         result.failure = execution.failure or _threshold_failure(result.thresholds)
         if result.failure is not None:
             result.failure = Failure(**redactor.deep(vars(result.failure)))

@@ -60,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "in the reports)")
         if name == "mr":
             sub.add_argument("--baseline", metavar="PATH",
-                             help="compare with this metrics.json instead of the default "
-                             "branch's job artifacts (also NBGATE_BASELINE)")
+                             help="compare with this metrics.json (or release folder) instead "
+                             "of production, the newest releases (also NBGATE_BASELINE)")
         if name == "artifacts":
             sub.add_argument("--version", dest="package_version", metavar="V",
-                             help="package version (default: <short sha>-<pipeline id>, after "
-                             "the pipeline's `version` and '+')")
+                             help="package version (default: a release <semver>+<sha8>.<pipeline> "
+                             "on the default branch, else a candidate "
+                             "<semver>-mr<iid>.<branch>+<sha8>.<pipeline>)")
         sub.set_defaults(handler=_publish)
 
     fetch = commands.add_parser(
@@ -76,11 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", required=True, type=Path, metavar="PATH",
                        help="file to write (one file), or folder to write into")
     fetch.add_argument("--version", dest="package_version", metavar="V",
-                       help="this version instead of the newest")
+                       help="this release or candidate version instead of the newest release")
     fetch.add_argument("--file", dest="files", action="append", metavar="NAME",
                        help="file name in the package (default: the pipeline's declared outputs); "
                        "repeatable")
     fetch.set_defaults(handler=_fetch)
+
+    promote = commands.add_parser(
+        "promote", parents=[common],
+        help="release the merged merge request's passing candidates (default-branch pushes)",
+        description="Find the merge request the pushed commit merged and release its newest "
+        "passing candidate of each pipeline, unchanged. Nothing to promote: one line, exit 0.")
+    promote.add_argument("--dry-run", action="store_true",
+                         help="say what would be released instead of releasing it")
+    promote.set_defaults(handler=_promote)
+
+    baseline = commands.add_parser(
+        "fetch-baseline", parents=[common],
+        help="download production's metrics (newest releases) for --nbgate-baseline",
+        description="Write the metrics published with each pipeline's newest release into a "
+        "folder, where pytest's --nbgate-baseline (NBGATE_BASELINE) reads them, so baseline "
+        "rules are checked.")
+    baseline.add_argument("--dest", type=Path, default=None, metavar="DIR",
+                          help="folder to write into (default: <reports>/baseline)")
+    baseline.set_defaults(handler=_fetch_baseline)
 
     cases = commands.add_parser(
         "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
@@ -154,17 +174,6 @@ def _declared(config: Any) -> list[Any]:
     return [Declared(p.notebook, p.kind, tuple(p.outputs), p.version) for p in pipelines]
 
 
-def _artifact_path(config: Any) -> str:
-    """Where the default branch's job keeps metrics.json inside its artifacts."""
-    if config is None:
-        return "reports/metrics.json"
-    try:
-        relative = config.reports.resolve().relative_to(config.root.resolve()).as_posix()
-    except ValueError:
-        relative = "reports"
-    return f"{relative}/metrics.json"
-
-
 def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
         folders = _reports(args, config)
@@ -172,8 +181,7 @@ def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             from reporting.publish_mr import publish_mr
 
             publish_mr(folders, env, kind=args.kind, dry_run=args.dry_run, root=_root(config),
-                       baseline_path=args.baseline, artifact_path=_artifact_path(config),
-                       echo=echo, scrub=scrub)
+                       baseline_path=args.baseline, echo=echo, scrub=scrub)
         elif args.target == "wiki":
             from reporting.publish_wiki import WikiSettings, publish_wiki
 
@@ -196,6 +204,26 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         fetch_artifact(args.pipeline, args.dest, env, declared=_declared(config),
                        version=args.package_version, files=args.files or (), echo=echo)
+
+    return _run(args, env, body)
+
+
+def _promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.promote import promote
+
+        promote(env, declared=_declared(config), dry_run=args.dry_run, echo=echo)
+
+    return _run(args, env, body)
+
+
+def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.production import fetch_baseline
+
+        dest = args.dest or _reports(argparse.Namespace(reports=None), config)[0] / "baseline"
+        notebooks = [p.notebook for p in config.pipelines] if config is not None else []
+        fetch_baseline(dict(env), notebooks, dest, echo=echo)
 
     return _run(args, env, body)
 

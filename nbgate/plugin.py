@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,13 @@ from nbgate import hookspecs
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
-from nbgate.contract.codec import case_to_json
+from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
+from nbgate.contract.baselines import BaselineRun, baseline_metrics, load_baselines
+from nbgate.contract.codec import ResultsFileError, case_to_json
 from nbgate.contract.failure_text import render_failure
 from nbgate.contract.model import CUSTOM_KIND, CaseResult, Failure
 from nbgate.contract.session import SessionResults, session_key
+from nbgate.contract.text import clean_text
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
 from nbgate.thresholds import parse_threshold
@@ -37,9 +40,11 @@ class NbgateState:
     reports: Path
     runner: CaseRunner
     require_gpu: bool
+    require_baseline: bool
     in_ci: bool
     cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
+    baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
 
     def spec_for(self, case: Case) -> CaseSpec:
         assert self.config is not None
@@ -52,11 +57,20 @@ class NbgateState:
             slug=case.slug,
             parameters=self.config.parameters_for(case, self.in_ci),
             thresholds=pipeline.thresholds,
+            baseline=self.baseline_for(case),
+            require_baseline=self.require_baseline,
             timeout=pipeline.timeout,
             outputs=pipeline.outputs,
             experiment=pipeline.experiment,
             version=pipeline.version,
         )
+
+    def baseline_for(self, case: Case) -> Mapping[str, float] | None:
+        if not any(t.rule.uses_baseline for t in case.pipeline.thresholds):
+            return None
+        probe = CaseResult(case.id, case.pipeline.notebook, case.pipeline.kind, case.runner.name,
+                           "passed")
+        return baseline_metrics(probe, self.baselines)
 
 
 state_key = pytest.StashKey[NbgateState]()
@@ -97,6 +111,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: $CI_COMMIT_MESSAGE; in scheduled pipelines TRAINING_NOTEBOOK/SCORING_NOTEBOOK)",
     )
     group.addoption(
+        "--nbgate-baseline",
+        default=os.environ.get(BASELINE_ENV) or None,
+        metavar="PATH",
+        help="a metrics.json (or a folder of release metrics, as `nbgate fetch-baseline` writes "
+        "it) to compare with: 'baseline' rules are checked against it and reports show each "
+        f"metric's change (also {BASELINE_ENV})",
+    )
+    group.addoption(
+        "--nbgate-require-baseline",
+        action="store_true",
+        default=False,
+        help="fail a case whose 'baseline' rule cannot be checked (no baseline)",
+    )
+    group.addoption(
         "--nbgate-reports",
         default=None,
         metavar="DIR",
@@ -127,11 +155,14 @@ def pytest_configure(config: pytest.Config) -> None:
         reports=reports,
         runner=CaseRunner(root, reports, config.hook),
         require_gpu=config.getoption("nbgate_require_gpu"),
+        require_baseline=config.getoption("nbgate_require_baseline"),
         in_ci=bool(os.environ.get("CI")),
     )
     config.stash[state_key] = state
+    baseline_problem = _load_baselines(config, state)
     if not hasattr(config, "workerinput"):  # xdist workers hand their results to the controller
-        gathered = config.stash[session_key] = SessionResults(root, reports)
+        gathered = config.stash[session_key] = SessionResults(
+            root, reports, baselines=state.baselines, baseline_problem=baseline_problem)
         config.pluginmanager.register(ResultGatherer(gathered), "nbgate-results")
     config.addinivalue_line("markers", "train: a declared training notebook case (nbgate)")
     config.addinivalue_line("markers", "score: a declared scoring notebook case (nbgate)")
@@ -152,6 +183,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.is_blocked(PLUGIN_NAME):
         config.pluginmanager.register(Tracker(root, nbgate_config.tracking_optional), PLUGIN_NAME)
+
+
+def _load_baselines(config: pytest.Config, state: NbgateState) -> str | None:
+    """Read ``--nbgate-baseline`` once; returns why it could not be read (reports say so)."""
+    given = config.getoption("nbgate_baseline")
+    if not given:
+        return None
+    try:
+        state.baselines = load_baselines(Path(config.invocation_params.dir, given), given)
+    except ResultsFileError as exc:
+        return clean_text(str(exc))
+    return None
 
 
 def _commit_selection(config: pytest.Config, nbgate_config: NbgateConfig) -> CommitSelection | None:

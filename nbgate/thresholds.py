@@ -14,7 +14,10 @@ def parse_threshold(metric: str, text: object) -> Threshold:
 
 
 def check(
-    threshold: Threshold, metrics: Mapping[str, float], baseline: Mapping[str, float] | None
+    threshold: Threshold,
+    metrics: Mapping[str, float],
+    baseline: Mapping[str, float] | None,
+    require_baseline: bool = False,
 ) -> ThresholdCheck:
     metric, rule = threshold.metric, threshold.rule
     if metric not in metrics:
@@ -27,6 +30,9 @@ def check(
     bound = rule.bound(base)
     if bound is None:
         why = "no baseline" if baseline is None else "the baseline did not record it"
+        if require_baseline:
+            return ThresholdCheck(metric, rule, value, False,
+                                  f"not checked: {why} (--nbgate-require-baseline)", checked=False)
         return ThresholdCheck(metric, rule, value, True, f"not checked: {why}", checked=False)
     if rule.holds(value, bound):
         return ThresholdCheck(metric, rule, value, True, bound=bound, baseline=base)
@@ -40,6 +46,7 @@ def evaluate(
     thresholds: Iterable[Threshold],
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None = None,
+    require_baseline: bool = False,
 ) -> list[ThresholdCheck]:
     """Check every rule; ``baseline`` holds the production model's metrics when known."""
-    return [check(t, metrics, baseline) for t in thresholds]
+    return [check(t, metrics, baseline, require_baseline) for t in thresholds]

@@ -1,49 +1,50 @@
-"""Comparing a run's metrics with a baseline run (another metrics.json), case by case.
+"""Comparing a run's metrics with a baseline, case by case.
 
-Locally the baseline is a path (``--nbgate-baseline`` / ``NBGATE_BASELINE``); in CI the publishing
-code fetches the default branch's metrics.json from the job-artifacts API and hands its bytes to
-``baseline_from_metrics``. Either way::
+The baseline is production: the metrics published with the newest release of each notebook
+(``reporting.production`` fetches them from GitLab; in pytest they come from
+``--nbgate-baseline``, which ``nbgate fetch-baseline`` fills in CI). Locally it can be any
+metrics.json. Either way::
 
-    baseline = load_baseline("main-metrics.json")        # or baseline_from_metrics(data, source)
-    comparison = apply_baseline(results, baseline)        # {case id: {metric: MetricDelta}}
-    table = reporting.format.case_table(results, comparison=comparison)
-    line = baseline_line(baseline)                        # "Baseline: main @ `89abcdef`, ..."
+    baseline = Baseline.from_runs(session.baselines)     # or production_baseline(...)
+    comparison = apply_baseline(results, baseline)         # {case id: {metric: MetricDelta}}
+    line = baseline_line(baseline, results)                # "Baseline: release `1.0.0+…` ..."
 
-Deltas are keyed by case id: a case the baseline does not have gets no deltas, a metric the
-baseline's case did not record shows "new".
+A delta knows its direction from the case's rule on that metric (``>=``: higher is better), so
+it reads "+0.0042 ▲" (better) or "−0.0100 ▼" (worse); a metric without a rule shows its change
+with no mark.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nbgate.contract.ci_context import CIContext
-from nbgate.contract.codec import load_metrics, read_metrics
-from nbgate.contract.model import CaseResult
-from reporting.markdown import fmt_delta, link, md_cell
+from nbgate.contract.baselines import BaselineRun
+from nbgate.contract.codec import MetricsDocument
+from nbgate.contract.model import CaseResult, counterpart
+from reporting.markdown import BETTER, WORSE, fmt_delta, link, md_cell
 
-ENV_VAR = "NBGATE_BASELINE"
+HOW_TO_GIVE = "--nbgate-baseline PATH or NBGATE_BASELINE"
 
 
 @dataclass(frozen=True)
 class BaselineInfo:
     """Where a baseline came from; stored as metrics.json's "baseline"."""
 
-    source: str  # a path, or e.g. "job artifacts of train-cpu on main"
+    source: str  # "release 1.0.0+89abcdef.990", or a path
     commit: str | None = None
     pipeline_id: str | None = None
     ref: str | None = None
     pipeline_url: str | None = None
+    version: str | None = None  # the release's package version
 
     @classmethod
-    def from_pipeline(cls, source: str, pipeline: CIContext) -> BaselineInfo:
-        """Info from the CI context of the baseline's own metrics.json."""
-        return cls(source, pipeline.commit_sha, pipeline.pipeline_id, pipeline.ref,
-                   pipeline.pipeline_url)
+    def of(cls, source: str, document: MetricsDocument, version: str | None = None) \
+            -> BaselineInfo:
+        ctx = document.pipeline
+        return cls(source, ctx.commit_sha, ctx.pipeline_id, ctx.ref, ctx.pipeline_url, version)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BaselineInfo:
@@ -55,8 +56,7 @@ class BaselineInfo:
         return asdict(self)
 
     def describe(self) -> str:
-        """'main @ `89abcdef`, pipeline #990' (markdown), or the source when nothing else is
-        known."""
+        """'release `1.0.0+89abcdef.990` (main @ `89abcdef`, pipeline #990)' (markdown)."""
         parts = []
         where = md_cell(self.ref) if self.ref else ""
         if self.commit:
@@ -65,33 +65,41 @@ class BaselineInfo:
             parts.append(where)
         if self.pipeline_id:
             parts.append(link(f"#{self.pipeline_id}", self.pipeline_url, "pipeline "))
-        return ", ".join(parts) or md_cell(self.source)
+        head = f"release `{md_cell(self.version)}`" if self.version else md_cell(self.source)
+        return f"{head} ({', '.join(parts)})" if parts else head
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """A baseline run: where it came from and its cases by case id."""
+    """One or more baseline runs (a release per notebook), each with where it came from."""
 
-    info: BaselineInfo
-    cases: Mapping[str, CaseResult] = field(default_factory=dict)
+    parts: tuple[tuple[BaselineInfo, tuple[CaseResult, ...]], ...] = ()
 
+    @classmethod
+    def from_runs(cls, runs: Iterable[BaselineRun]) -> Baseline | None:
+        parts = tuple((BaselineInfo.of(r.source, r.document, r.version), tuple(r.document.cases))
+                      for r in runs)
+        return cls(parts) if parts else None
 
-def baseline_from_metrics(
-    data: Mapping[str, Any] | str | bytes, source: str
-) -> Baseline:
-    """A Baseline from a metrics.json document (parsed, text or bytes, e.g. an artifact download).
-    Raises ``nbgate.contract.codec.ResultsFileError`` when it is not one."""
-    document = read_metrics(data, source)
-    return Baseline(BaselineInfo.from_pipeline(source, document.pipeline),
-                    {c.case_id: c for c in document.cases})
+    def match(self, result: CaseResult) -> tuple[BaselineInfo, CaseResult] | None:
+        for info, cases in self.parts:
+            case = counterpart(result, cases)
+            if case is not None:
+                return info, case
+        return None
 
+    @property
+    def infos(self) -> list[BaselineInfo]:
+        return [info for info, _ in self.parts]
 
-def load_baseline(path: str | os.PathLike[str], source: str | None = None) -> Baseline:
-    """A Baseline from a metrics.json file; ``source`` defaults to the path.
-    Raises ``nbgate.contract.codec.ResultsFileError`` when it is missing or unreadable."""
-    document = load_metrics(path)
-    info = BaselineInfo.from_pipeline(source or os.fspath(path), document.pipeline)
-    return Baseline(info, {c.case_id: c for c in document.cases})
+    def used_by(self, results: Iterable[CaseResult]) -> list[BaselineInfo]:
+        """The baselines some result is compared with, in order."""
+        used: list[BaselineInfo] = []
+        for result in results:
+            found = self.match(result)
+            if found is not None and found[0] not in used:
+                used.append(found[0])
+        return used
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,7 @@ class MetricDelta:
     value: float | None  # this run (None or NaN: not recorded / not a number)
     base: float | None  # the baseline's (None or NaN when it recorded none or NaN)
     in_baseline: bool = True  # False: the baseline's case did not record this metric
+    higher_is_better: bool | None = None  # from the case's rule on the metric; None: no rule
 
     @property
     def delta(self) -> float | None:
@@ -112,43 +121,48 @@ class MetricDelta:
         return self.value - self.base
 
     @property
+    def better(self) -> bool | None:
+        """True better, False worse, None unknown (no rule, no change, no numbers)."""
+        delta = self.delta
+        if delta is None or self.higher_is_better is None or self.sign_text == "±0":
+            return None
+        return (delta > 0) == self.higher_is_better
+
+    @property
+    def sign_text(self) -> str:
+        return fmt_delta(self.value, self.base)
+
+    @property
     def text(self) -> str:
-        """"+0.0042", "−0.0010", "±0"; "new" for a metric the baseline lacks; "n/a" when a side is
-        not a number; "" when this run has no value (nothing to compare)."""
+        """"+0.0042 ▲", "−0.0010 ▼", "±0", "+3" (no rule); "new" for a metric the baseline lacks;
+        "n/a" when a side is not a number; "" when this run has no value (nothing to compare)."""
         if self.value is None or math.isnan(self.value):
             return ""
         if not self.in_baseline:
             return "new"
-        return fmt_delta(self.value, self.base)
+        better = self.better
+        mark = "" if better is None else f" {BETTER if better else WORSE}"
+        return self.sign_text + mark
 
 
 Comparison = dict[str, dict[str, MetricDelta]]  # case id -> metric -> delta
 
 
-def apply_baseline(
-    results: Iterable[CaseResult],
-    baseline_cases: Baseline | Mapping[str, CaseResult] | Iterable[CaseResult] | None,
-) -> Comparison:
-    """Compare every recorded metric of ``results`` with the baseline's case of the same id.
-
-    ``baseline_cases`` may be a Baseline, a {case id: CaseResult} mapping, or the case list that
-    ``load_metrics`` returns. Cases the baseline does not have (and skipped cases) are left out.
-    """
-    if baseline_cases is None:
+def apply_baseline(results: Iterable[CaseResult], baseline: Baseline | None) -> Comparison:
+    """Compare every recorded metric of ``results`` with its baseline case. Cases the baseline
+    does not have (and skipped cases) are left out."""
+    if baseline is None:
         return {}
-    if isinstance(baseline_cases, Baseline):
-        by_id: Mapping[str, CaseResult] = baseline_cases.cases
-    elif isinstance(baseline_cases, Mapping):
-        by_id = baseline_cases
-    else:
-        by_id = {c.case_id: c for c in baseline_cases}
     comparison: Comparison = {}
     for result in results:
-        base = by_id.get(result.case_id)
-        if base is None or result.outcome == "skipped":
+        found = baseline.match(result)
+        if found is None or result.outcome == "skipped":
             continue
+        base = found[1]
+        direction = {c.metric: c.rule.higher_is_better for c in result.thresholds}
         comparison[result.case_id] = {
-            name: MetricDelta(value, base.metrics.get(name), name in base.metrics)
+            name: MetricDelta(value, base.metrics.get(name), name in base.metrics,
+                              direction.get(name))
             for name, value in result.metrics.items()
         }
     return comparison
@@ -157,19 +171,28 @@ def apply_baseline(
 def baseline_line(
     baseline: Baseline | None, results: Sequence[CaseResult] = (), reason: str | None = None
 ) -> str:
-    """The one markdown line that says what metrics are compared against.
+    """The markdown line(s) that say what metrics are compared against.
 
-    "Baseline: main @ `89abcdef`, pipeline #990 (1 case not in the baseline: ...)" or
-    "No baseline: <reason>; changes are not shown."
+    "Compared with production: release `1.0.0+89abcdef.990` (main @ `89abcdef`, pipeline #990)."
+    or "No baseline: <reason>; changes are not shown."
     """
     if baseline is None:
-        why = reason or f"none given (--nbgate-baseline PATH or {ENV_VAR})"
+        why = reason or f"none given ({HOW_TO_GIVE})"
         return f"No baseline: {md_cell(why)}; changes are not shown."
-    line = f"Baseline: {baseline.info.describe()}"
-    missing = [
-        r.case_id for r in results if r.outcome != "skipped" and r.case_id not in baseline.cases
-    ]
+    used = baseline.used_by(results) or baseline.infos
+    lines = [("Compared with production: " if info.version else "Baseline: ")
+             + info.describe() + "." for info in used]
+    missing = [r.case_id for r in results if r.outcome != "skipped" and baseline.match(r) is None]
     if missing:
         noun = "case" if len(missing) == 1 else "cases"
-        line += f" ({len(missing)} {noun} not in the baseline: {md_cell(', '.join(missing))})"
-    return line + "."
+        lines.append(f"{len(missing)} {noun} not in the baseline: {md_cell(', '.join(missing))}.")
+    return "  \n".join(lines)
+
+
+@dataclass
+class BaselineLookup:
+    """A baseline, or why there is none (one sentence, said once in the comment)."""
+
+    baseline: Baseline | None
+    reason: str | None = None
+    problems: list[str] = field(default_factory=list)

@@ -178,8 +178,10 @@ def comparison_of(cases: Sequence[CommentCase]) -> Comparison:
         result = case.result
         if case.base is None or result.outcome == "skipped":
             continue
+        direction = {c.metric: c.rule.higher_is_better for c in result.thresholds}
         comparison[result.case_id] = {
-            name: MetricDelta(value, _number(case.base.get(name)), name in case.base)
+            name: MetricDelta(value, _number(case.base.get(name)), name in case.base,
+                              direction.get(name))
             for name, value in result.metrics.items()
         }
     return comparison
@@ -312,7 +314,8 @@ def _delta(
 
 
 def _baseline_text(data: CommentData) -> str:
-    lines = [f"Baseline: {info.describe()}." for info in data.baselines]
+    lines = [("Compared with production: " if info.version else "Baseline: ")
+             + f"{info.describe()}." for info in data.baselines]
     if data.no_baseline and not data.baselines:
         lines.append(f"No baseline: {md_cell(data.no_baseline)}; changes are not shown.")
     elif data.no_baseline:

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 PASS_MARK = "✅"
 FAIL_MARK = "❌"
 SKIP_MARK = "⏭"
+BETTER = "▲"  # a change in the rule's good direction (>=: up)
+WORSE = "▼"
 MINUS = "−"  # U+2212, for deltas as in the design; values keep the ASCII "-" (copy-paste)
 
 OUTCOME_MARKS = {"passed": PASS_MARK, "failed": FAIL_MARK, "skipped": SKIP_MARK}

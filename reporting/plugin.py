@@ -11,29 +11,15 @@ reports with empty ones.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nbgate.contract.codec import ResultsFileError
 from nbgate.contract.session import SessionResults, session_results
-from nbgate.contract.text import clean_text
-from reporting.baseline import ENV_VAR, Baseline, load_baseline
+from reporting.baseline import Baseline
 from reporting.report_files import REPORT_FILES, Written, write_reports
 from reporting.terminal import case_lines, files_line
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("nbgate", "notebook pipelines (nbgate)")
-    group.addoption(
-        "--nbgate-baseline",
-        default=os.environ.get(ENV_VAR) or None,
-        metavar="PATH",
-        help="a metrics.json to compare metrics with; summary.md shows each metric's change "
-        f"(also {ENV_VAR})",
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,16 +34,15 @@ class SessionReporter:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.baseline: Baseline | None = None
-        self.baseline_reason: str | None = None  # why a requested baseline could not be read
         self.written: Written | None = None
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         gathered = session_results(self.config)
         if self.config.option.collectonly or gathered is None or not gathered.has_cases:
             return
-        self._load_baseline()
+        self.baseline = Baseline.from_runs(gathered.baselines)
         self.written = write_reports(gathered, baseline=self.baseline,
-                                     baseline_reason=self.baseline_reason)
+                                     baseline_reason=gathered.baseline_problem)
         if self.written.errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -66,15 +51,6 @@ class SessionReporter:
         if gathered is not None and self.written is not None:
             write_terminal_section(terminalreporter, gathered, self,
                                    Path(self.config.invocation_params.dir))
-
-    def _load_baseline(self) -> None:
-        path = self.config.getoption("nbgate_baseline")
-        if not path:
-            return
-        try:
-            self.baseline = load_baseline(Path(self.config.invocation_params.dir, path), path)
-        except ResultsFileError as exc:
-            self.baseline_reason = clean_text(str(exc))
 
 
 def write_terminal_section(
@@ -95,9 +71,9 @@ def write_terminal_section(
         why = "the session was interrupted" if gathered.interrupted else "no result"
         tr.write_line(f"{len(not_run)} not run ({why}): {', '.join(not_run)}", yellow=True)
     if reporter.baseline is not None:
-        tr.write_line(f"baseline: {reporter.baseline.info.source}")
-    elif reporter.baseline_reason:
-        tr.write_line(f"No baseline: {reporter.baseline_reason}", yellow=True)
+        tr.write_line("baseline: " + ", ".join(i.source for i in reporter.baseline.infos))
+    elif gathered.baseline_problem:
+        tr.write_line(f"No baseline: {gathered.baseline_problem}", yellow=True)
     for error in written.errors:
         tr.write_line(f"nbgate: could not write {error}", red=True)
     shown = sorted((p for p in written.files if p.name in REPORT_FILES),

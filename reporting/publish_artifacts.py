@@ -1,18 +1,12 @@
-"""``nbgate publish artifacts`` and ``nbgate fetch-artifact``: the model files a pipeline declares
-as ``outputs``, through GitLab's generic package registry.
+"""``nbgate publish artifacts`` and ``nbgate fetch-artifact``: a pipeline's model files in GitLab's
+generic package registry, as a candidate (from a merge request's branch) or a release (from the
+default branch). Naming and versions: ``reporting.packages``.
 
-- Package name: the pipeline's name (its notebook's stem), reduced to ``[A-Za-z0-9._+-]``.
-- Version: ``<short sha>-<pipeline id>`` (either alone when only one is known), prefixed with
-  the pipeline's ``version`` and ``+`` when it declares one (``1.2.0+0123abcd-1002``). The
-  pipeline id makes every pipeline a new version: a scheduled retraining on an unchanged commit
-  must not append its model to an older version, or "the newest version" would miss it.
-- File: the basename of each declared output.
+- A package version holds the declared ``outputs``, ``metrics.json`` (that pipeline's cases) and
+  the ``requirements.txt`` lock: what the model needs to be reviewed, scored and rebuilt.
 - Only a pipeline whose cases all passed (skips aside) is published: a failed gate publishes no
   model. A declared output that is missing after a passing run is an error (exit 2).
-
-Fetching lists the project's generic packages newest first (GitLab filters ``package_name``
-loosely, so names are compared exactly here) and downloads the declared files of the newest
-version, or of ``--version``.
+- Fetching takes the newest release; a candidate only when ``--version`` names it.
 """
 
 from __future__ import annotations
@@ -20,42 +14,31 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from nbgate.contract.ci_context import CIContext
+from nbgate.contract.codec import dumps_metrics, metrics_document
 from nbgate.contract.files import display_path, write_bytes_atomic
 from nbgate.contract.model import CaseResult
-from reporting.errors import PublishError, PublishSkipped, PublishUsageError
+from reporting.errors import PublishSkipped, PublishUsageError
 from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
+from reporting.packages import (
+    LOCK_FILE,
+    METRICS_FILE,
+    Registry,
+    build_of,
+    candidate_package,
+    candidate_version,
+    check_version,
+    no_release,
+    package_name,
+    release_version,
+)
 from reporting.reports_folder import RunReports, load_reports
 
 Echo = Callable[[str], None]
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-_VERSION = re.compile(r"^[\w+.-]+$")
-
-
-def package_name(name: str) -> str:
-    """A pipeline name (or notebook path) as a generic package name."""
-    stem = PurePosixPath(name.replace("\\", "/")).name.removesuffix(".ipynb")
-    safe = _UNSAFE.sub("_", stem).strip("._") or "model"
-    return safe
-
-
-def package_version(ctx: CIContext, declared: str | None = None) -> str | None:
-    short = ctx.commit_short_sha or (ctx.commit_sha or "")[:8] or None
-    core = "-".join(p for p in (short, ctx.pipeline_id) if p)
-    if not core:
-        return None
-    return f"{declared}+{core}" if declared else core
-
-
-def check_version(version: str) -> str:
-    if not _VERSION.match(version) or ".." in version:
-        raise PublishUsageError(f"version {version!r} is not valid for a generic package: "
-                                "use letters, digits, '.', '_', '+' and '-'")
-    return version
+_OPEN_MR = re.compile(r"!(\d+)")
 
 
 @dataclass(frozen=True)
@@ -70,9 +53,15 @@ class Declared:
 
 @dataclass
 class Upload:
-    pipeline: str  # package name
+    package: str
     version: str
-    files: list[Path]
+    files: dict[str, bytes] = field(default_factory=dict)  # file name -> content
+    shown: dict[str, str] = field(default_factory=dict)  # file name -> where it came from
+    release: bool = False
+
+
+def is_default_branch(ctx: CIContext) -> bool:
+    return bool(ctx.ref and ctx.default_branch and ctx.ref == ctx.default_branch)
 
 
 def plan_uploads(
@@ -83,18 +72,20 @@ def plan_uploads(
     *,
     kind: str | None = None,
     version: str | None = None,
+    mr_iid: str | None = None,
     echo: Echo = print,
 ) -> list[Upload]:
-    """What to upload: per pipeline in the reports, its declared outputs, if its cases passed.
-    Raises PublishSkipped saying why when there is nothing to upload."""
-    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    """What to upload: per pipeline in the reports, its declared outputs, its metrics and the
+    lock, if its cases passed. Raises PublishSkipped saying why when there is nothing to do."""
+    groups: dict[tuple[str, str], list[tuple[RunReports, CaseResult]]] = {}
     for run in runs:
         for result in run.results:
             if result.declared and (kind is None or result.kind == kind):
-                groups.setdefault((result.notebook, result.kind), []).append(result)
-    uploads = []
-    held: list[str] = []
-    for (notebook, case_kind), results in groups.items():
+                groups.setdefault((result.notebook, result.kind), []).append((run, result))
+    uploads, held = [], []
+    release = is_default_branch(env_ctx)
+    for (notebook, case_kind), found in groups.items():
+        results = [r for _, r in found]
         pipeline = next((p for p in declared if p.notebook == notebook and p.kind == case_kind),
                         None)
         outputs = list(pipeline.outputs) if pipeline else sorted(
@@ -110,24 +101,38 @@ def plan_uploads(
         if not any(r.outcome == "passed" for r in results):
             held.append(f"not publishing {name}: every case was skipped")
             continue
-        files = []
+        upload = Upload(name if release else candidate_package(notebook), "", release=release)
         for output in outputs:
             path = root / output
             if not path.is_file():
                 raise PublishUsageError(
                     f"{notebook} declares output {output!r}, but {path} does not exist: the "
                     "training job must write it and keep it as an artifact")
-            files.append(path)
-        names = [f.name for f in files]
-        if len(set(names)) != len(names):
-            raise PublishUsageError(f"{notebook}: outputs {declared} share a file name; a "
-                                    "generic package holds files by name")
-        run_ctx = _run_ctx(runs, results, env_ctx)
-        chosen = version or package_version(run_ctx, pipeline.version if pipeline else None)
-        if not chosen:
-            raise PublishUsageError("no package version: CI_COMMIT_SHORT_SHA and CI_PIPELINE_ID "
-                                    "are unset; pass --version")
-        uploads.append(Upload(name, check_version(chosen), files))
+            if path.name in upload.files or path.name in (METRICS_FILE, LOCK_FILE):
+                raise PublishUsageError(f"{notebook}: outputs {outputs} share a file name (or "
+                                        f"use {METRICS_FILE}/{LOCK_FILE}); a package holds "
+                                        "files by name")
+            upload.files[path.name] = path.read_bytes()
+            upload.shown[path.name] = display_path(path, root)
+        ctx = _run_ctx(found, env_ctx)
+        upload.files[METRICS_FILE] = dumps_metrics(metrics_document(
+            results, pipeline=ctx)).encode("utf-8")
+        upload.shown[METRICS_FILE] = f"the metrics of {len(results)} case(s)"
+        lock = root / LOCK_FILE
+        if lock.is_file():
+            upload.files[LOCK_FILE] = lock.read_bytes()
+            upload.shown[LOCK_FILE] = display_path(lock, root)
+        semver = pipeline.version if pipeline else None
+        build = build_of(env_ctx) or build_of(ctx)
+        if version:
+            upload.version = check_version(version)
+        elif build is None:
+            upload.version = "<version: needs CI_COMMIT_SHA and CI_PIPELINE_ID>"
+        elif release:
+            upload.version = release_version(build, semver)
+        else:
+            upload.version = candidate_version(build, semver, mr_iid, env_ctx.ref or ctx.ref)
+        uploads.append(upload)
     if not uploads:
         raise PublishSkipped("; ".join(held) or "no pipeline in the reports declares outputs "
                              "to publish ([[tool.nbgate.pipelines]] outputs = [...])")
@@ -136,17 +141,33 @@ def plan_uploads(
     return uploads
 
 
-def _run_ctx(
-    runs: Sequence[RunReports], results: Sequence[CaseResult], env: CIContext
-) -> CIContext:
-    """This job's commit and pipeline (the model is published from them), else the run's."""
-    ids = {r.case_id for r in results}
-    run = next((r.pipeline for r in runs if any(c.case_id in ids for c in r.results)), CIContext())
-    return CIContext(
-        commit_sha=env.commit_sha or run.commit_sha,
-        commit_short_sha=env.commit_short_sha or run.commit_short_sha,
-        pipeline_id=env.pipeline_id or run.pipeline_id,
-    )
+def _run_ctx(found: Sequence[tuple[RunReports, CaseResult]], env: CIContext) -> CIContext:
+    """The CI context of the job that ran the cases, with this job's commit and pipeline when
+    it recorded none."""
+    run = found[0][0].pipeline
+    return CIContext.from_dict({
+        **run.to_dict(),
+        **{k: v for k, v in env.to_dict().items()
+           if k in ("commit_sha", "commit_short_sha", "pipeline_id", "pipeline_url",
+                    "default_branch", "ref") and run.to_dict().get(k) is None},
+    })
+
+
+def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | None:
+    """The merge request a branch pipeline trains for: from the MR pipeline's variables, the
+    branch pipeline's list of open MRs, or GitLab's MRs of the commit."""
+    if ctx.merge_request_iid:
+        return ctx.merge_request_iid
+    if ctx.open_merge_requests:
+        match = _OPEN_MR.search(ctx.open_merge_requests)
+        if match:
+            return match.group(1)
+    if session is None or not ctx.commit_sha:
+        return None
+    endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")
+    mrs = session.call(endpoint, lambda: session.project.commits.get(
+        ctx.commit_sha, lazy=True).merge_requests(state="opened"))
+    return str(mrs[0]["iid"]) if mrs else None
 
 
 def publish_artifacts(
@@ -160,35 +181,26 @@ def publish_artifacts(
     dry_run: bool = False,
     echo: Echo = print,
 ) -> None:
+    runs = load_reports(folders)
     session = connect_unless_dry_run(
         env, "publishing artifacts", write=False, dry_run=dry_run, echo=echo
     )
-    runs = load_reports(folders)
-    uploads = plan_uploads(runs, declared, root, CIContext.from_env(env), kind=kind,
-                           version=version, echo=echo)
+    env_ctx = CIContext.from_env(env)
+    mr_iid = None if is_default_branch(env_ctx) else merge_request_of(session, env_ctx)
+    uploads = plan_uploads(runs, declared, root, env_ctx, kind=kind, version=version,
+                           mr_iid=mr_iid, echo=echo)
     for upload in uploads:
-        for path in upload.files:
-            where = f"/packages/generic/{upload.pipeline}/{upload.version}/{path.name}"
-            if dry_run or session is None:
-                size = path.stat().st_size
-                echo(f"dry run: would upload {display_path(path, root)} ({size} bytes) "
-                     f"to PUT /projects/:id{where}")
-                continue
-            endpoint = session.endpoint("PUT", where)
-            send = partial(session.project.generic_packages.upload, upload.pipeline,
-                           upload.version, path.name, path=str(path))
-            session.call(endpoint, send, _hints(session))
-            echo(f"uploaded {display_path(path, root)} as {upload.pipeline} {upload.version} "
-                 f"({path.name})")
-
-
-def _hints(session: GitLabSession) -> dict[int, str]:
-    return {
-        403: f"the token in {session.token.source} may not publish packages; it needs the api "
-             "scope and the Developer role, and the package registry must be enabled",
-        400: "GitLab refused the file (duplicate packages disallowed, or a name/version it "
-             "rejects); publish from a new pipeline or pass another --version",
-    }
+        what = "release" if upload.release else "candidate"
+        if dry_run or session is None:
+            echo(f"dry run: would upload {what} {upload.package} {upload.version}: "
+                 + ", ".join(f"{n} ({upload.shown[n]}, {len(d)} bytes)"
+                             for n, d in upload.files.items()))
+            continue
+        check_version(upload.version)
+        registry = Registry(session)
+        for file_name, data in upload.files.items():
+            registry.upload(upload.package, upload.version, file_name, data)
+        echo(f"uploaded {what} {upload.package} {upload.version}: {', '.join(upload.files)}")
 
 
 # -- fetching --------------------------------------------------------------------------------
@@ -205,28 +217,6 @@ def declared_files(declared: Sequence[Declared], name: str) -> list[str]:
     return names
 
 
-def newest_version(session: GitLabSession, name: str) -> str:
-    endpoint = session.endpoint(
-        "GET", f"/packages?package_type=generic&package_name={name}&order_by=created_at&sort=desc")
-
-    def first_exact() -> str | None:
-        packages = session.project.packages.list(
-            package_type="generic", package_name=name, order_by="created_at", sort="desc",
-            per_page=100, iterator=True)
-        for package in packages:  # the name filter is a substring match: compare exactly
-            if package.name == name:
-                return str(package.version)
-        return None
-
-    version = session.call(endpoint, first_exact)
-    if version is None:
-        raise PublishError(
-            None, endpoint,
-            f"project {session.project_id} has no generic package named {name!r}; a training "
-            "pipeline must run `nbgate publish artifacts` first", "no such package")
-    return version
-
-
 def fetch_artifact(
     name: str,
     dest: Path,
@@ -237,14 +227,15 @@ def fetch_artifact(
     files: Sequence[str] = (),
     echo: Echo = print,
 ) -> list[Path]:
-    """Download the named pipeline's files of the newest (or given) version to ``dest``.
+    """Download the named pipeline's files of the newest release (or of ``version``, a release
+    or a candidate named explicitly) to ``dest``.
 
     ``dest`` is the file to write when there is one file and it is not a folder; otherwise the
     folder to write each file into. The files are those given, else the declared outputs, else
     a file named like ``dest``.
     """
     session = connect(env, f"fetching {name}", write=False)
-    package = package_name(name)
+    registry = Registry(session)
     wanted = list(files) or declared_files(declared, name)
     into_folder = dest.is_dir() or str(dest).endswith(("/", os.sep))
     if not wanted:
@@ -256,15 +247,11 @@ def fetch_artifact(
     if len(wanted) > 1 and dest.exists() and not dest.is_dir():
         raise PublishUsageError(
             f"{dest} is a file, but {name} has {len(wanted)} files; give a folder")
-    chosen = check_version(version) if version else newest_version(session, package)
+    package, chosen = _choose(registry, name, version)
     written = []
     for file_name in wanted:
         target = dest / file_name if (into_folder or len(wanted) > 1) else dest
-        where = f"/packages/generic/{package}/{chosen}/{file_name}"
-        hints = {404: f"{package} {chosen} has no file {file_name!r}, or the token cannot read "
-                      "the package registry"}
-        data = session.call(session.endpoint("GET", where),
-                            partial(_download, session, package, chosen, file_name), hints)
+        data = registry.download(package, chosen, file_name)
         write_bytes_atomic(target, data)  # never half a model where scoring would load it
         echo(f"fetched {package} {chosen} {file_name} -> {display_path(target)} "
              f"({len(data)} bytes)")
@@ -272,9 +259,19 @@ def fetch_artifact(
     return written
 
 
-def _download(session: GitLabSession, package: str, version: str, file_name: str) -> bytes:
-    # Not streamed: the whole body is read inside python-gitlab's request, so a connection reset
-    # mid-download is retried like any other transient error.
-    data = session.project.generic_packages.download(package, version, file_name)
-    return data if isinstance(data, bytes) else bytes(data or b"")
-
+def _choose(registry: Registry, name: str, version: str | None) -> tuple[str, str]:
+    """(package, version): the newest release, or the release or candidate ``version`` names."""
+    release = package_name(name)
+    if version is None:
+        newest = registry.newest_release(name)
+        if newest is None:
+            raise no_release(name, registry.session.endpoint(
+                "GET", f"/packages?package_type=generic&package_name={release}"))
+        return release, newest.version
+    check_version(version)
+    for package in (release, candidate_package(name)):
+        if any(v.version == version for v in registry.versions(package)):
+            return package, version
+    raise PublishUsageError(
+        f"{name}: no release or candidate has version {version!r}; `nbgate fetch-artifact` "
+        "without --version takes the newest release")

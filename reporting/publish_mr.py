@@ -16,10 +16,13 @@ from typing import Any
 
 from gitlab.exceptions import GitlabError
 
+from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
+from nbgate.contract.baselines import load_baselines
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import ResultsFileError
 from nbgate.contract.files import display_path
-from reporting.baseline import Baseline, load_baseline
+from nbgate.contract.model import preferred
+from reporting.baseline import Baseline, BaselineInfo, BaselineLookup
 from reporting.comment import (
     CommentCase,
     CommentData,
@@ -29,8 +32,8 @@ from reporting.comment import (
     render_comment,
 )
 from reporting.errors import PublishSkipped, PublishUsageError
-from reporting.gitlab_baseline import DEFAULT_ARTIFACT, BaselineLookup, fetch_baseline
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.production import production_baseline
 from reporting.reports_folder import (
     RunReports,
     kinds_to_publish,
@@ -52,14 +55,14 @@ def publish_mr(
     dry_run: bool = False,
     root: Path | None = None,
     baseline_path: str | None = None,
-    artifact_path: str = DEFAULT_ARTIFACT,
     echo: Echo = print,
     scrub: Callable[[str], str] = lambda text: text,
 ) -> None:
     """Post (or with ``dry_run`` print) the comment for each kind in the reports.
 
-    ``baseline_path``: a local metrics.json to compare with instead of the default branch's job
-    artifacts (also NBGATE_BASELINE). ``scrub`` masks secrets in the body before it leaves.
+    ``baseline_path``: a local metrics.json (or release folder) to compare with instead of
+    production, the newest releases' metrics (also NBGATE_BASELINE). ``scrub`` masks secrets in
+    the body before it leaves.
     """
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
@@ -72,16 +75,16 @@ def publish_mr(
     if session and iid is None and not dry_run:
         sha = env_ctx.commit_sha or "(unknown)"
         raise PublishSkipped(f"no open merge request for commit {sha}: nothing to post")
-    lookups = _baselines(session, runs, env_ctx, baseline_path or env.get("NBGATE_BASELINE"),
-                         artifact_path, root)
-    for name, lookup in lookups.items():
-        echo(f"baseline for {name}: " + (lookup.baseline.info.source if lookup.baseline
-                                          else f"none ({lookup.reason})"))
+    lookup = _baseline(session, runs, baseline_path or env.get(BASELINE_ENV), root)
+    if lookup.baseline is not None:
+        echo("baseline: " + ", ".join(i.source for i in lookup.baseline.infos))
+    else:
+        echo(f"baseline: none ({lookup.reason})")
     for k in kinds:
         if not results_of_kind(runs, k):
             echo(f"no {k} cases in the reports: no {k} comment")
             continue
-        data = comment_data(k, runs, env_ctx, lookups)
+        data = comment_data(k, runs, env_ctx, lookup)
         if dry_run or session is None or iid is None:  # (the last two only in a dry run)
             _show(session, iid, data, runs, root, echo, scrub)
         else:
@@ -151,69 +154,53 @@ def _from_open_list(ctx: CIContext) -> int | None:
 # -- baselines -------------------------------------------------------------------------------
 
 
-def _baselines(
+def _baseline(
     session: GitLabSession | None,
     runs: Sequence[RunReports],
-    env_ctx: CIContext,
     local: str | None,
-    artifact_path: str,
     root: Path,
-) -> dict[str, BaselineLookup]:
-    """One lookup per job that produced reports (keyed by job name or folder)."""
-    lookups: dict[str, BaselineLookup] = {}
-    local_lookup: BaselineLookup | None = None
+) -> BaselineLookup:
+    """Production (the newest release of each notebook), or the metrics given locally."""
     if local:
         try:
-            local_lookup = BaselineLookup(load_baseline(root / local, local))
+            return BaselineLookup(Baseline.from_runs(load_baselines(root / local, local)))
         except ResultsFileError as exc:
-            local_lookup = BaselineLookup(None, str(exc))
-    for run in runs:
-        key = _run_key(run)
-        if key in lookups:
-            continue
-        if local_lookup is not None:
-            lookups[key] = local_lookup
-        elif session is None:
-            lookups[key] = BaselineLookup(None, "not in GitLab CI and no --baseline given")
-        else:
-            lookups[key] = fetch_baseline(session, run.pipeline, env_ctx, artifact_path)
-    return lookups
-
-
-def _run_key(run: RunReports) -> str:
-    return run.pipeline.job_name or str(run.folder)
+            return BaselineLookup(None, str(exc))
+    if session is None:
+        return BaselineLookup(None, "not in GitLab CI and no --baseline given")
+    notebooks = [r.notebook for run in runs for r in run.results if r.declared]
+    return production_baseline(session, notebooks)
 
 
 def comment_data(
-    kind: str, runs: Sequence[RunReports], env_ctx: CIContext, lookups: Mapping[str, BaselineLookup]
+    kind: str, runs: Sequence[RunReports], env_ctx: CIContext, lookup: BaselineLookup
 ) -> CommentData:
     """The cases of ``kind`` with their baseline metrics and the job that ran them."""
     cases: dict[str, CommentCase] = {}
-    baselines = []
-    reasons = []
+    baselines: list[BaselineInfo] = []
+    baseline = lookup.baseline
     for run in runs:
-        lookup = lookups.get(_run_key(run), BaselineLookup(None, "not looked up"))
-        baseline: Baseline | None = lookup.baseline
         for result in run.results:
             if result.kind != kind:
                 continue
             old = cases.get(result.case_id)
-            if old is not None and result.outcome == "skipped" and old.result.outcome != "skipped":
+            if old is not None and preferred(old.result, result) is old.result:
                 continue  # the GPU job's skip must not hide the CPU job's run
-            base_case = baseline.cases.get(result.case_id) if baseline else None
+            found = baseline.match(result) if baseline else None
             cases[result.case_id] = CommentCase(
                 result,
-                dict(base_case.metrics) if base_case else None,
+                dict(found[1].metrics) if found else None,
                 {},
                 run.pipeline.job_name,
                 run.pipeline.job_url,
             )
-            if baseline and base_case and baseline.info not in baselines:
-                baselines.append(baseline.info)
-            if baseline is None and lookup.reason and lookup.reason not in reasons:
-                reasons.append(lookup.reason)
+            if found and found[0] not in baselines:
+                baselines.append(found[0])
     ctx = run_context(runs, env_ctx)
-    return CommentData(kind, ctx, list(cases.values()), baselines, "; ".join(reasons) or None)
+    reason = lookup.reason if baseline is None or not baselines else None
+    if baseline is not None and not baselines and not reason:
+        reason = "no release of these notebooks yet"
+    return CommentData(kind, ctx, list(cases.values()), baselines, reason)
 
 
 # -- figures ---------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def write_reports(
         "junit.xml": lambda: junit_xml(results),
         "metrics.json": lambda: dumps_metrics(metrics_document(
             results, pipeline=pipeline,
-            baseline=baseline.info.to_dict() if baseline else None,
+            baseline=_baseline_record(baseline, results),
             interrupted=session.interrupted, not_run=not_run, shard=shard)),
         "metrics.txt": lambda: metrics_txt(results),
     }
@@ -83,6 +83,15 @@ def write_reports(
         else:
             written.files.append(reports / name)
     return written
+
+
+def _baseline_record(baseline: Baseline | None, results: Sequence[CaseResult]) \
+        -> dict[str, Any] | None:
+    """metrics.json's "baseline": where the compared metrics came from (the first used)."""
+    if baseline is None:
+        return None
+    used = baseline.used_by(results) or baseline.infos
+    return used[0].to_dict() if used else None
 
 
 def annotations(results: Sequence[CaseResult]) -> dict[str, Any] | None:

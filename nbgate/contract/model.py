@@ -251,6 +251,18 @@ def case_labels(results: Iterable[CaseResult]) -> dict[str, str]:
     return labels
 
 
+def counterpart(result: CaseResult, cases: Iterable[CaseResult]) -> CaseResult | None:
+    """The case in ``cases`` (a baseline's) that ``result`` compares with: the same case id, else
+    a passed case of the same notebook and kind (production may have trained on another
+    runner)."""
+    cases = list(cases)
+    same = next((c for c in cases if c.case_id == result.case_id), None)
+    if same is not None:
+        return same
+    return next((c for c in cases if c.notebook == result.notebook and c.kind == result.kind
+                 and c.outcome == "passed"), None)
+
+
 def preferred(old: CaseResult | None, new: CaseResult) -> CaseResult:
     """Which of two results of one case to show: the later one, except that a skip never hides
     a result that ran (the GPU job skips what the CPU job ran, a shard skips nothing twice)."""

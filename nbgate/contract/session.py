@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nbgate.contract.baselines import BaselineRun
 from nbgate.contract.model import CaseResult, preferred
 
 
@@ -24,6 +25,8 @@ class SessionResults:
     results: dict[str, CaseResult] = field(default_factory=dict)  # by case id, arrival order
     interrupted: bool = False
     shard: tuple[int, int] | None = None  # (index, total) when this session ran one shard
+    baselines: list[BaselineRun] = field(default_factory=list)
+    baseline_problem: str | None = None  # why a requested baseline could not be read
 
     def add(self, result: CaseResult) -> None:
         self.results[result.case_id] = preferred(self.results.get(result.case_id), result)
