@@ -6,6 +6,7 @@ client test passing against the stand-in means something for real GitLab.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import zipfile
@@ -718,3 +719,51 @@ def test_custom_project_identity(fresh_standin: GitLabStandIn) -> None:
     assert client.projects.get("team/models", lazy=True).packages.list() == []
     with pytest.raises(gitlab.GitlabListError):
         client.projects.get(42, lazy=True).packages.list()
+
+
+# --------------------------------------------------------------------------- promotion (issue 9)
+
+
+def test_merge_commit_finds_the_merged_merge_request(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    merge, squash = "m" * 40, "s" * 40
+    gitlab_standin.add_merge_request(4, source_branch="train-x", sha=SHA, state="merged",
+                                     merge_commit_sha=merge, squash_commit_sha=squash)
+    gitlab_standin.add_merge_request(5, sha="d" * 40)
+    for sha in (merge, squash, SHA):
+        found = project.commits.get(sha, lazy=True).merge_requests(get_all=True)
+        assert [(m["iid"], m["state"], m["source_branch"]) for m in found] == [
+            (4, "merged", "train-x")], sha
+        assert (found[0]["merge_commit_sha"], found[0]["squash_commit_sha"]) == (merge, squash)
+    assert project.commits.get(merge, lazy=True).merge_requests(state="opened") == []
+
+
+def test_package_files_list_every_upload_of_one_package(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_package_file("model", "1.0.0", "model.json", b"first")
+    gitlab_standin.add_package_file("other", "1.0.0", "other.json", b"x")
+    package = gitlab_standin.add_package_file("model", "1.0.0", "model.json", b"second")
+    gitlab_standin.add_package_file("model", "1.0.0", "metrics.json", b"{}")
+    files = job_gl.projects.get(42, lazy=True).packages.get(package.id, lazy=True).package_files
+    listed = files.list(get_all=True)
+    assert [(f.file_name, f.size) for f in listed] == [
+        ("model.json", 5), ("model.json", 6), ("metrics.json", 2)]
+    assert {f.package_id for f in listed} == {package.id}
+    assert listed[1].file_sha256 == hashlib.sha256(b"second").hexdigest()
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        job_gl.projects.get(42, lazy=True).packages.get(999, lazy=True).package_files.list()
+    assert caught.value.error_message == "404 Package Not Found"
+
+
+def test_package_listing_is_paged_newest_first(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    for n in range(1, 26):
+        gitlab_standin.add_package_file("model", f"0.{n}.0", "m.bin", b"x")
+    pages = project.packages.list(package_type="generic", package_name="model",
+                                  order_by="created_at", sort="desc", per_page=10, iterator=True)
+    assert [p.version for p in pages] == [f"0.{n}.0" for n in range(25, 0, -1)]
+    assert [r.query.get("page") for r in gitlab_standin.requests_to("/packages")] == [
+        None, "2", "3"]  # pages 2 and 3 come from the Link header

@@ -8,6 +8,7 @@ the handler under the state's lock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from .state import (
     MergeRequest,
     Note,
     Package,
+    PackageFile,
     Token,
     TokenKind,
     Upload,
@@ -198,7 +200,9 @@ def mr_json(state: GitLabState, mr: MergeRequest, base: str) -> dict[str, Any]:
     return {
         "id": mr.id, "iid": mr.iid, "project_id": state.project_id, "title": mr.title,
         "state": mr.state, "source_branch": mr.source_branch, "target_branch": mr.target_branch,
-        "sha": mr.sha, "web_url": f"{base}/{state.project_path}/-/merge_requests/{mr.iid}",
+        "sha": mr.sha, "merge_commit_sha": mr.merge_commit_sha,
+        "squash_commit_sha": mr.squash_commit_sha,
+        "web_url": f"{base}/{state.project_path}/-/merge_requests/{mr.iid}",
     }
 
 
@@ -226,6 +230,13 @@ def package_json(state: GitLabState, package: Package) -> dict[str, Any]:
     }
 
 
+def package_file_json(package: Package, file: PackageFile) -> dict[str, Any]:
+    digests = {f"file_{algo}": hashlib.new(algo, file.data).hexdigest()
+               for algo in ("md5", "sha1", "sha256")}
+    return {"id": file.id, "package_id": package.id, "created_at": file.created_at,
+            "file_name": file.file_name, "size": len(file.data), **digests, "pipelines": []}
+
+
 # -- user ---------------------------------------------------------------------------------------
 
 
@@ -250,7 +261,7 @@ def commit_merge_requests(state: GitLabState, req: Request) -> Response:
         raise not_found("Commit")
     wanted = req.query.get("state")
     mrs = sorted(state.db.merge_requests.values(), key=lambda mr: mr.iid, reverse=True)
-    mrs = [mr for mr in mrs if sha in mr.commits and _state_matches(mr, wanted)]
+    mrs = [mr for mr in mrs if mr.related_to(sha) and _state_matches(mr, wanted)]
     return paged_json(req, mrs, lambda mr: mr_json(state, mr, req.base))
 
 
@@ -464,6 +475,15 @@ def list_packages(state: GitLabState, req: Request) -> Response:
     return paged_json(req, packages, lambda p: package_json(state, p))
 
 
+def list_package_files(state: GitLabState, req: Request) -> Response:
+    """Every file of the package, duplicates included, oldest first (GitLab's default)."""
+    package_id = req.params["package_id"]
+    package = next((p for p in state.db.packages if str(p.id) == package_id), None)
+    if package is None:
+        raise not_found("Package")
+    return paged_json(req, list(package.files), lambda f: package_file_json(package, f))
+
+
 # -- project uploads ----------------------------------------------------------------------------
 
 
@@ -579,6 +599,8 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", _PACKAGE, put_package_file, allow_job_token=True),
     Route("GET", _PACKAGE, get_package_file, allow_job_token=True),
     Route("GET", "/projects/:id/packages", list_packages, allow_job_token=True),
+    Route("GET", "/projects/:id/packages/:package_id/package_files", list_package_files,
+          allow_job_token=True),
     Route("POST", "/projects/:id/uploads", create_upload),
     Route("GET", f"{_ARTIFACTS}/download", download_artifacts, allow_job_token=True),
     Route("GET", f"{_ARTIFACTS}/raw/*artifact_path", raw_artifact, allow_job_token=True),

@@ -54,6 +54,12 @@ class MergeRequest:
     target_branch: str = "main"
     title: str = ""
     commits: list[str] = field(default_factory=list)
+    merge_commit_sha: str | None = None
+    squash_commit_sha: str | None = None
+
+    def related_to(self, sha: str) -> bool:
+        """GitLab's ``by_related_commit_sha``: a commit of the MR, or its merge/squash commit."""
+        return sha in self.commits or sha in (self.merge_commit_sha, self.squash_commit_sha)
 
 
 @dataclass
@@ -280,13 +286,18 @@ class GitLabState:
         target_branch: str = "main",
         title: str | None = None,
         commits: Iterable[str] = (),
+        merge_commit_sha: str | None = None,
+        squash_commit_sha: str | None = None,
     ) -> MergeRequest:
-        """An MR whose head is ``sha`` (plus earlier ``commits``)."""
+        """An MR whose head is ``sha`` (plus earlier ``commits``); a merged one may name the
+        merge and squash commits it made on the target branch."""
         with self.lock:
             mr = MergeRequest(1000 + iid, iid, source_branch, sha, state, target_branch,
-                              title or f"Merge {source_branch}", [sha, *commits])
+                              title or f"Merge {source_branch}", [sha, *commits],
+                              merge_commit_sha, squash_commit_sha)
             self.db.merge_requests[iid] = mr
             self.db.commits.update(mr.commits)
+            self.db.commits.update(s for s in (merge_commit_sha, squash_commit_sha) if s)
             return replace(mr)
 
     def add_commit(self, sha: str) -> None:
