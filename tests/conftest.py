@@ -17,7 +17,7 @@ except ImportError:
 
 @pytest.fixture
 def gitlab_standin() -> Iterator[GitLabStandIn]:
-    """A fresh loopback GitLab (project 42, group/project) per test; see tests/gitlab_standin.py."""
+    """A fresh loopback GitLab (project 42, group/project) per test; see tests/gitlab_standin/."""
     with GitLabStandIn() as standin:
         yield standin
     # A bug in the stand-in answers 500, which a retrying client could silently absorb.

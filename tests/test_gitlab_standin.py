@@ -6,6 +6,7 @@ client test passing against the stand-in means something for real GitLab.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import zipfile
@@ -65,11 +66,11 @@ def test_context_manager_serves_on_loopback_and_stops() -> None:
         url = standin.url
         assert url.startswith("http://127.0.0.1:")
         response = requests.get(
-            f"{url}/api/v4/projects/5", headers=private_headers(standin), timeout=5
+            f"{url}/api/v4/projects/5/packages", headers=private_headers(standin), timeout=5
         )
-        assert response.json()["id"] == 5
+        assert response.json() == []
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{url}/api/v4/version", timeout=2)
+        requests.get(f"{url}/api/v4/user", timeout=2)
 
 
 def test_user_endpoint_reports_the_token_owner(
@@ -85,16 +86,6 @@ def test_user_endpoint_reports_the_token_owner(
         "private-token" in record.header_names
         and "job-token" not in record.header_names
     )
-
-
-def test_bearer_authorization_is_accepted(gitlab_standin: GitLabStandIn) -> None:
-    response = requests.get(
-        f"{gitlab_standin.api_url}/user",
-        headers={"Authorization": f"Bearer {gitlab_standin.private_token}"},
-        timeout=5,
-    )
-    assert response.status_code == 200
-    assert gitlab_standin.request_log[-1].token_header == "Authorization"
 
 
 def test_missing_and_unknown_tokens_get_401(gitlab_standin: GitLabStandIn) -> None:
@@ -141,13 +132,12 @@ def test_job_token_cannot_call_user(
 def test_unknown_project_and_project_path(
     gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
 ) -> None:
-    with pytest.raises(gitlab.GitlabGetError) as caught:
-        gl.projects.get(999)
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        gl.projects.get(999, lazy=True).packages.list()
     assert caught.value.response_code == 404
     assert caught.value.error_message == "404 Project Not Found"
-    by_path = gl.projects.get("group/project")
-    assert by_path.id == gitlab_standin.project_id
-    assert gitlab_standin.request_log[-1].path.endswith("/projects/group%2Fproject")
+    assert gl.projects.get("group/project", lazy=True).packages.list() == []
+    assert gitlab_standin.request_log[-1].path.endswith("/projects/group%2Fproject/packages")
 
 
 def test_token_without_project_access_sees_404(gitlab_standin: GitLabStandIn) -> None:
@@ -158,8 +148,8 @@ def test_token_without_project_access_sees_404(gitlab_standin: GitLabStandIn) ->
         gitlab_standin.url, private_token="outsider-token", timeout=5
     )
     outsider.auth()
-    with pytest.raises(gitlab.GitlabGetError) as caught:
-        outsider.projects.get(gitlab_standin.project_id)
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        outsider.projects.get(gitlab_standin.project_id, lazy=True).packages.list()
     assert caught.value.response_code == 404
 
 
@@ -189,16 +179,12 @@ def test_merge_request_get_and_lookup_by_commit(
 ) -> None:
     gitlab_standin.add_merge_request(3, source_branch="feature", sha=SHA)
     gitlab_standin.add_merge_request(2, source_branch="old", sha=SHA, state="merged")
-    assert project.mergerequests.get(3).source_branch == "feature"
     commit = project.commits.get(SHA, lazy=True)
     assert sorted(m["iid"] for m in commit.merge_requests()) == [2, 3]
     assert [m["iid"] for m in commit.merge_requests(state="opened")] == [3]
     with pytest.raises(gitlab.GitlabGetError) as bad_state:
         commit.merge_requests(state="open")
     assert bad_state.value.response_code == 400
-    with pytest.raises(gitlab.GitlabGetError) as caught:
-        project.mergerequests.get(99)
-    assert caught.value.error_message == "404 Merge Request Not Found"
 
 
 def test_commit_lookup_unknown_commit_and_commit_without_mr(
@@ -296,7 +282,7 @@ def test_editing_someone_elses_note_is_forbidden(
     mr: ProjectMergeRequest, gitlab_standin: GitLabStandIn
 ) -> None:
     theirs = gitlab_standin.add_note(7, "mine", author="alice")
-    note = mr.notes.get(theirs.id)
+    (note,) = [n for n in mr.notes.list(get_all=True) if n.id == theirs.id]
     note.body = "hijacked"
     with pytest.raises(gitlab.GitlabUpdateError) as caught:
         note.save()
@@ -428,7 +414,6 @@ def test_wiki_folder_slug_arrives_encoded_and_title_renames(
     page.title = "reports/History"
     page.save()
     assert set(gitlab_standin.wiki_pages()) == {"reports/History"}
-    assert [p.slug for p in project.wikis.list(get_all=True)] == ["reports/History"]
 
 
 # --------------------------------------------------------------------------- generic packages
@@ -602,7 +587,7 @@ def test_429_response_carries_integer_retry_after(
     gitlab_standin: GitLabStandIn,
 ) -> None:
     gitlab_standin.fail_next(1, 429)
-    response = requests.get(f"{gitlab_standin.api_url}/version", timeout=5)
+    response = requests.get(f"{gitlab_standin.api_url}/user", timeout=5)
     assert (response.status_code, response.headers["Retry-After"]) == (429, "0")
     assert response.json() == {"message": "429 Too Many Requests"}
 
@@ -615,8 +600,8 @@ def test_5xx_fails_without_retry_and_recovers_with_it(
     plain = gitlab.Gitlab(
         gitlab_standin.url, private_token=gitlab_standin.private_token, timeout=5
     )
-    with pytest.raises(gitlab.GitlabGetError) as caught:
-        plain.projects.get(42, lazy=True).mergerequests.get(1)
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        plain.projects.get(42, lazy=True).mergerequests.get(1, lazy=True).notes.list()
     assert caught.value.response_code == 502
     fault = gitlab_standin.fail_next(2, 503, path_contains="/merge_requests/1")
     retrying = gitlab.Gitlab(
@@ -625,8 +610,9 @@ def test_5xx_fails_without_retry_and_recovers_with_it(
         timeout=5,
         retry_transient_errors=True,
     )
-    assert retrying.projects.get(42, lazy=True).mergerequests.get(1).iid == 1
-    assert fault.hits == 2 and gitlab_standin.fault_hits == 3
+    notes = retrying.projects.get(42, lazy=True).mergerequests.get(1, lazy=True).notes
+    assert notes.list() == []
+    assert fault.hits == 2
 
 
 def test_auth_fault_raises_authentication_error(
@@ -644,9 +630,9 @@ def test_fault_filters_by_path_and_method(gitlab_standin: GitLabStandIn) -> None
     headers = private_headers(gitlab_standin)
     assert (
         requests.get(
-            api(gitlab_standin, "/wikis"), headers=headers, timeout=5
+            api(gitlab_standin, "/wikis/a"), headers=headers, timeout=5
         ).status_code
-        == 200
+        == 404
     )
     created = requests.post(
         api(gitlab_standin, "/wikis"),
@@ -661,21 +647,21 @@ def test_fault_filters_by_path_and_method(gitlab_standin: GitLabStandIn) -> None
 def test_dropped_connection_surfaces_as_connection_error(
     gitlab_standin: GitLabStandIn,
 ) -> None:
-    fault = gitlab_standin.drop_next(1, path_contains="/version")
+    fault = gitlab_standin.drop_next(1, path_contains="/user")
     with pytest.raises(requests.ConnectionError):
         requests.get(
-            f"{gitlab_standin.api_url}/version",
+            f"{gitlab_standin.api_url}/user",
             headers=private_headers(gitlab_standin),
             timeout=5,
         )
     ok = requests.get(
-        f"{gitlab_standin.api_url}/version",
+        f"{gitlab_standin.api_url}/user",
         headers=private_headers(gitlab_standin),
         timeout=5,
     )
     assert ok.status_code == 200
     assert fault.hits == 1
-    assert [(r.status, r.fault) for r in gitlab_standin.requests_to("/version")] == [
+    assert [(r.status, r.fault) for r in gitlab_standin.requests_to("/user")] == [
         (None, "drop"),
         (200, None),
     ]
@@ -700,19 +686,19 @@ def test_dropped_connection_is_retried_by_python_gitlab(
 
 
 def test_delay_makes_a_short_timeout_fire(gitlab_standin: GitLabStandIn) -> None:
-    gitlab_standin.delay_next(1, 1.0, path_contains="/version")
+    gitlab_standin.delay_next(1, 1.0, path_contains="/user")
     with pytest.raises(requests.Timeout):
         requests.get(
-            f"{gitlab_standin.api_url}/version",
+            f"{gitlab_standin.api_url}/user",
             headers=private_headers(gitlab_standin),
             timeout=0.2,
         )
     ok = requests.get(
-        f"{gitlab_standin.api_url}/version",
+        f"{gitlab_standin.api_url}/user",
         headers=private_headers(gitlab_standin),
         timeout=5,
     )
-    assert ok.json()["version"]
+    assert ok.json()["username"] == "nbgate-bot"
 
 
 def test_fail_next_rejects_non_error_status(gitlab_standin: GitLabStandIn) -> None:
@@ -730,6 +716,54 @@ def test_custom_project_identity(fresh_standin: GitLabStandIn) -> None:
     client = gitlab.Gitlab(
         fresh_standin.url, private_token=fresh_standin.private_token, timeout=5
     )
-    assert client.projects.get("team/models").id == 7
-    with pytest.raises(gitlab.GitlabGetError):
-        client.projects.get(42)
+    assert client.projects.get("team/models", lazy=True).packages.list() == []
+    with pytest.raises(gitlab.GitlabListError):
+        client.projects.get(42, lazy=True).packages.list()
+
+
+# --------------------------------------------------------------------------- promotion (issue 9)
+
+
+def test_merge_commit_finds_the_merged_merge_request(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    merge, squash = "m" * 40, "s" * 40
+    gitlab_standin.add_merge_request(4, source_branch="train-x", sha=SHA, state="merged",
+                                     merge_commit_sha=merge, squash_commit_sha=squash)
+    gitlab_standin.add_merge_request(5, sha="d" * 40)
+    for sha in (merge, squash, SHA):
+        found = project.commits.get(sha, lazy=True).merge_requests(get_all=True)
+        assert [(m["iid"], m["state"], m["source_branch"]) for m in found] == [
+            (4, "merged", "train-x")], sha
+        assert (found[0]["merge_commit_sha"], found[0]["squash_commit_sha"]) == (merge, squash)
+    assert project.commits.get(merge, lazy=True).merge_requests(state="opened") == []
+
+
+def test_package_files_list_every_upload_of_one_package(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.add_package_file("model", "1.0.0", "model.json", b"first")
+    gitlab_standin.add_package_file("other", "1.0.0", "other.json", b"x")
+    package = gitlab_standin.add_package_file("model", "1.0.0", "model.json", b"second")
+    gitlab_standin.add_package_file("model", "1.0.0", "metrics.json", b"{}")
+    files = job_gl.projects.get(42, lazy=True).packages.get(package.id, lazy=True).package_files
+    listed = files.list(get_all=True)
+    assert [(f.file_name, f.size) for f in listed] == [
+        ("model.json", 5), ("model.json", 6), ("metrics.json", 2)]
+    assert {f.package_id for f in listed} == {package.id}
+    assert listed[1].file_sha256 == hashlib.sha256(b"second").hexdigest()
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        job_gl.projects.get(42, lazy=True).packages.get(999, lazy=True).package_files.list()
+    assert caught.value.error_message == "404 Package Not Found"
+
+
+def test_package_listing_is_paged_newest_first(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    for n in range(1, 26):
+        gitlab_standin.add_package_file("model", f"0.{n}.0", "m.bin", b"x")
+    pages = project.packages.list(package_type="generic", package_name="model",
+                                  order_by="created_at", sort="desc", per_page=10, iterator=True)
+    assert [p.version for p in pages] == [f"0.{n}.0" for n in range(25, 0, -1)]
+    assert [r.query.get("page") for r in gitlab_standin.requests_to("/packages")] == [
+        None, "2", "3"]  # pages 2 and 3 come from the Link header
