@@ -309,7 +309,10 @@ def _delta(
     delta = comparison.get(result.case_id, {}).get(name)
     if delta is None or delta.text in ("", "new", "n/a"):
         return ""
-    where = baselines[0].ref if len(baselines) == 1 and baselines[0].ref else "baseline"
+    if len(baselines) == 1 and baselines[0].version:
+        where = f"release {baselines[0].version}"
+    else:
+        where = baselines[0].ref if len(baselines) == 1 and baselines[0].ref else "baseline"
     return f", {delta.text} vs {md_cell(where)}"
 
 

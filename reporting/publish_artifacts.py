@@ -11,6 +11,7 @@ default branch). Naming and versions: ``reporting.packages``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import dumps_metrics, metrics_document
 from nbgate.contract.files import display_path, write_bytes_atomic
 from nbgate.contract.model import CaseResult
-from reporting.errors import PublishSkipped, PublishUsageError
+from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
 from reporting.packages import (
     LOCK_FILE,
@@ -72,11 +73,12 @@ def plan_uploads(
     *,
     kind: str | None = None,
     version: str | None = None,
-    mr_iid: str | None = None,
+    mr_iid: Callable[[], str | None] = lambda: None,
     echo: Echo = print,
 ) -> list[Upload]:
     """What to upload: per pipeline in the reports, its declared outputs, its metrics and the
-    lock, if its cases passed. Raises PublishSkipped saying why when there is nothing to do."""
+    lock, if its cases passed. Raises PublishSkipped saying why when there is nothing to do.
+    ``mr_iid`` finds the merge request a candidate is for; it is asked once, when needed."""
     groups: dict[tuple[str, str], list[tuple[RunReports, CaseResult]]] = {}
     for run in runs:
         for result in run.results:
@@ -131,7 +133,8 @@ def plan_uploads(
         elif release:
             upload.version = release_version(build, semver)
         else:
-            upload.version = candidate_version(build, semver, mr_iid, env_ctx.ref or ctx.ref)
+            iid = mr_iid()
+            upload.version = candidate_version(build, semver, iid, env_ctx.ref or ctx.ref)
         uploads.append(upload)
     if not uploads:
         raise PublishSkipped("; ".join(held) or "no pipeline in the reports declares outputs "
@@ -165,9 +168,15 @@ def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | Non
     if session is None or not ctx.commit_sha:
         return None
     endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")
-    mrs = session.call(endpoint, lambda: session.project.commits.get(
-        ctx.commit_sha, lazy=True).merge_requests(state="opened"))
-    return str(mrs[0]["iid"]) if mrs else None
+    commit = session.project.commits.get(ctx.commit_sha, lazy=True)
+    try:
+        mrs = session.call(endpoint, lambda: commit.merge_requests(state="opened", get_all=True))
+    except PublishError as exc:
+        if exc.status == 404:  # a commit GitLab does not know has no merge request
+            return None
+        raise
+    iids = [int(mr["iid"]) for mr in mrs if isinstance(mr, dict) and "iid" in mr]
+    return str(max(iids)) if iids else None
 
 
 def publish_artifacts(
@@ -186,9 +195,9 @@ def publish_artifacts(
         env, "publishing artifacts", write=False, dry_run=dry_run, echo=echo
     )
     env_ctx = CIContext.from_env(env)
-    mr_iid = None if is_default_branch(env_ctx) else merge_request_of(session, env_ctx)
     uploads = plan_uploads(runs, declared, root, env_ctx, kind=kind, version=version,
-                           mr_iid=mr_iid, echo=echo)
+                           mr_iid=functools.cache(lambda: merge_request_of(session, env_ctx)),
+                           echo=echo)
     for upload in uploads:
         what = "release" if upload.release else "candidate"
         if dry_run or session is None:

@@ -211,7 +211,7 @@ def test_fetch_artifact_writes_the_declared_output(
     assert (root / "models" / "xgb_model.json").read_bytes() == b"m"
     code, _, err = run_main(capsys, root, "fetch-artifact", "--pipeline", "nothing_here",
                             "--dest", str(root / "x.json"), env=ci_env(gitlab_standin))
-    assert code == 1 and "no generic package named 'nothing_here'" in err
+    assert code == 1 and "no release of 'nothing_here' yet" in err
 
 
 def test_publish_artifacts_round_trip(
@@ -221,10 +221,11 @@ def test_publish_artifacts_round_trip(
     (root / "models").mkdir()
     (root / "models" / "xgb_model.json").write_bytes(b"model-bytes")
     code, out, err = run_main(capsys, root, "publish", "artifacts", "--reports",
-                              str(root / "reports"), env=ci_env(gitlab_standin))
-    assert "uploaded models/xgb_model.json as training_example 01234567-1002" in out
+                              str(root / "reports"),
+                              env=ci_env(gitlab_standin, CI_COMMIT_REF_NAME="main"))
+    assert "uploaded release training_example 01234567.1002: xgb_model.json" in out
     assert code == 0, err
-    assert gitlab_standin.package_file("training_example", "01234567-1002",
+    assert gitlab_standin.package_file("training_example", "01234567.1002",
                                        "xgb_model.json") == b"model-bytes"
 
 

@@ -9,23 +9,28 @@ from typing import Any
 import pytest
 
 from nbgate.config import NbgateConfig, load_config
+from nbgate.contract.codec import read_metrics
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
-from reporting.publish_artifacts import (
-    Declared,
-    fetch_artifact,
+from reporting.packages import (
+    build_part,
+    candidate_version,
+    mr_of,
     package_name,
-    package_version,
-    publish_artifacts,
+    release_version,
+    semver_part,
 )
+from reporting.publish_artifacts import Declared, fetch_artifact, publish_artifacts
 
 try:
     from tests.gitlab_standin import GitLabStandIn
-    from tests.test_publish_mr import SHA, Output, ci_env, skipped_case, train_case, write_reports
+    from tests.test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
 except ImportError:
     from gitlab_standin import GitLabStandIn
-    from test_publish_mr import SHA, Output, ci_env, skipped_case, train_case, write_reports
+    from test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
 
 MODEL = b'{"learner": {"gradient_booster": "tree"}}'
+ON_MAIN = {"CI_COMMIT_REF_NAME": "main"}  # a default-branch pipeline publishes releases
+RELEASE = "01234567.1002"  # the release version a default-branch pipeline 1002 publishes
 
 
 def make_project(root: Path, *, version: str | None = None) -> NbgateConfig:
@@ -76,31 +81,53 @@ def fetch(standin: GitLabStandIn, dest: Path, config: NbgateConfig | None, *,
 
 
 def test_names_and_versions() -> None:
-    from nbgate.contract.ci_context import CIContext
-
     assert package_name("notebooks/training_example.ipynb") == "training_example"
     assert package_name("my model (v2).ipynb") == "my_model_v2"
-    ctx = CIContext(commit_sha=SHA, pipeline_id="1002")
-    assert package_version(ctx) == "01234567-1002"
-    assert package_version(ctx, "1.0.0") == "1.0.0+01234567-1002"
-    assert package_version(CIContext()) is None
+    assert release_version("01234567.1002", "1.0.0") == "1.0.0+01234567.1002"
+    assert release_version("01234567.1002", None) == "01234567.1002"
+    candidate = candidate_version("01234567.1002", "1.0.0", "7", "feature/new model")
+    assert candidate == "1.0.0-mr7.feature-new-model+01234567.1002"
+    assert mr_of(candidate) == "7" and mr_of(release_version("a.1", "1.0.0")) is None
+    assert build_part(candidate) == "01234567.1002" and semver_part(candidate) == "1.0.0"
+    assert semver_part("1.2.0-rc1+abc.1") == "1.2.0-rc1"  # a prerelease is not an MR
+    assert mr_of(candidate_version("b.2", None, None, "x")) is None
 
 
-def test_model_is_uploaded_under_pipeline_name_and_version(
+def test_a_branch_publishes_a_candidate_that_names_branch_and_mr(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    config = make_project(tmp_path, version="1.0.0")
+    (tmp_path / "requirements.txt").write_text("xgboost==3.2.0\n")
+    trained(tmp_path)
+    env = ci_env(gitlab_standin, CI_COMMIT_REF_NAME="feature",
+                 CI_OPEN_MERGE_REQUESTS="group/project!7")
+    out = upload(gitlab_standin, tmp_path, config, env=env)
+    version = "1.0.0-mr7.feature+01234567.1002"
+    assert f"uploaded candidate training_example-candidate {version}" in out.text
+    package = ("training_example-candidate", version)
+    assert gitlab_standin.package_file(*package, "xgb_model.json") == MODEL
+    assert gitlab_standin.package_file(*package, "requirements.txt") == b"xgboost==3.2.0\n"
+    metrics = read_metrics(gitlab_standin.package_file(*package, "metrics.json") or b"")
+    assert [c.case_id for c in metrics.cases] == ["notebooks/training_example.ipynb::train[cpu]"]
+    assert metrics.cases[0].metrics["roc_auc"] == 0.9931
+    assert gitlab_standin.package_file("training_example", version, "xgb_model.json") is None
+
+
+def test_the_default_branch_publishes_a_release(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path, version="1.0.0")
     trained(tmp_path)
-    out = upload(gitlab_standin, tmp_path, config)
-    assert "as training_example 1.0.0+01234567-1002 (xgb_model.json)" in out.text
-    assert gitlab_standin.package_file("training_example", "1.0.0+01234567-1002",
+    out = upload(gitlab_standin, tmp_path, config, env=ci_env(gitlab_standin, **ON_MAIN))
+    assert "uploaded release training_example 1.0.0+01234567.1002" in out.text
+    assert gitlab_standin.package_file("training_example", "1.0.0+01234567.1002",
                                        "xgb_model.json") == MODEL
 
 
 def test_a_job_token_may_upload_and_fetch(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
     config = make_project(tmp_path)
     trained(tmp_path)
-    env = ci_env(gitlab_standin, REPO_TOKEN="", CI_JOB_TOKEN=gitlab_standin.job_token)
+    env = ci_env(gitlab_standin, REPO_TOKEN="", CI_JOB_TOKEN=gitlab_standin.job_token, **ON_MAIN)
     upload(gitlab_standin, tmp_path, config, env=env)
     fetch(gitlab_standin, tmp_path / "scoring" / "model.json", config, env=env)
     assert (tmp_path / "scoring" / "model.json").read_bytes() == MODEL
@@ -111,13 +138,16 @@ def test_fetch_takes_the_newest_version_with_the_exact_name(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "aaaa1111-1", "xgb_model.json", b"old")
-    gitlab_standin.add_package_file("training_example", "bbbb2222-2", "xgb_model.json", b"new")
-    # Created later and matched by GitLab's loose name filter, but another pipeline's model.
-    gitlab_standin.add_package_file("training_example_v2", "cccc3333-3", "xgb_model.json", b"v2")
+    gitlab_standin.add_package_file("training_example", "aaaa1111.1", "xgb_model.json", b"old")
+    gitlab_standin.add_package_file("training_example", "bbbb2222.2", "xgb_model.json", b"new")
+    # Created later and matched by GitLab's loose name filter, but a candidate (never taken
+    # unless named) and another pipeline's model.
+    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr7.x+cccc3333.3",
+                                    "xgb_model.json", b"unreviewed")
+    gitlab_standin.add_package_file("training_example_v2", "dddd4444.4", "xgb_model.json", b"v2")
     out = fetch(gitlab_standin, tmp_path / "models" / "xgb_model.json", config)
     assert (tmp_path / "models" / "xgb_model.json").read_bytes() == b"new"
-    assert "fetched training_example bbbb2222-2 xgb_model.json" in out.text
+    assert "fetched training_example bbbb2222.2 xgb_model.json" in out.text
     listing = gitlab_standin.requests_to("/packages", "GET")[0]
     assert listing.query["package_type"] == "generic"
     assert listing.query["order_by"] == "created_at" and listing.query["sort"] == "desc"
@@ -125,11 +155,17 @@ def test_fetch_takes_the_newest_version_with_the_exact_name(
 
 def test_fetch_a_given_version_into_a_folder(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "aaaa1111-1", "xgb_model.json", b"old")
-    gitlab_standin.add_package_file("training_example", "bbbb2222-2", "xgb_model.json", b"new")
+    gitlab_standin.add_package_file("training_example", "aaaa1111.1", "xgb_model.json", b"old")
+    gitlab_standin.add_package_file("training_example", "bbbb2222.2", "xgb_model.json", b"new")
+    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr7.x+cccc3333.3",
+                                    "xgb_model.json", b"candidate")
     (tmp_path / "into").mkdir()
-    fetch(gitlab_standin, tmp_path / "into", config, version="aaaa1111-1")
+    fetch(gitlab_standin, tmp_path / "into", config, version="aaaa1111.1")
     assert (tmp_path / "into" / "xgb_model.json").read_bytes() == b"old"
+    fetch(gitlab_standin, tmp_path / "into", config, version="0.0.0-mr7.x+cccc3333.3")
+    assert (tmp_path / "into" / "xgb_model.json").read_bytes() == b"candidate"
+    with pytest.raises(PublishUsageError, match="no release or candidate has version"):
+        fetch(gitlab_standin, tmp_path / "into", config, version="9.9.9")
 
 
 def test_fetch_without_config_uses_the_destination_name(
@@ -146,7 +182,7 @@ def test_upload_then_fetch_survive_transient_faults(
     config = make_project(tmp_path)
     trained(tmp_path)
     put = gitlab_standin.fail_next(2, 503, "/packages/generic/", method="PUT")
-    upload(gitlab_standin, tmp_path, config)
+    upload(gitlab_standin, tmp_path, config, env=ci_env(gitlab_standin, **ON_MAIN))
     listing = gitlab_standin.drop_next(1, "/packages?", method="GET")
     download = gitlab_standin.drop_next(2, "/packages/generic/", method="GET")
     fetch(gitlab_standin, tmp_path / "fetched.json", config)
@@ -159,7 +195,11 @@ def test_fetch_with_nothing_published_fails_clearly(
 ) -> None:
     config = make_project(tmp_path)
     gitlab_standin.add_package_file("training_example_old", "1", "xgb_model.json", b"x")
-    with pytest.raises(PublishError, match="has no generic package named 'training_example'"):
+    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr1.x+a.1",
+                                    "xgb_model.json", b"x")
+    with pytest.raises(PublishError, match="no release of 'training_example' yet: a release is "
+                                           "published by `nbgate publish artifacts` from the "
+                                           "default branch"):
         fetch(gitlab_standin, tmp_path / "model.json", config)
     assert not (tmp_path / "model.json").exists()
 
@@ -200,10 +240,11 @@ def test_a_declared_output_that_was_not_written_is_an_error(
 def test_dry_run_says_what_would_be_uploaded(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
     config = make_project(tmp_path)
     trained(tmp_path)
-    out = upload(gitlab_standin, tmp_path, config, dry_run=True)
-    assert ("would upload" in out.text and
-            "PUT /projects/:id/packages/generic/training_example/01234567-1002/xgb_model.json"
-            in out.text)
+    out = upload(gitlab_standin, tmp_path, config, dry_run=True,
+                 env=ci_env(gitlab_standin, **ON_MAIN))
+    assert ("dry run: would upload release training_example 01234567.1002: xgb_model.json "
+            "(models/xgb_model.json, 41 bytes), metrics.json (the metrics of 1 case(s)"
+            in out.text), out.text
     assert gitlab_standin.packages() == []
 
 
@@ -216,6 +257,6 @@ def test_refused_upload_names_status_and_endpoint(
     with pytest.raises(PublishError) as caught:
         upload(gitlab_standin, tmp_path, config)
     assert caught.value.status == 403
-    assert caught.value.endpoint == ("PUT /projects/42/packages/generic/training_example/"
-                                     "01234567-1002/xgb_model.json")
+    assert caught.value.endpoint == ("PUT /projects/42/packages/generic/training_example-candidate"
+                                     "/0.0.0-feature+01234567.1002/xgb_model.json")
     assert "may not publish packages" in str(caught.value)

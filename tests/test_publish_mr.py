@@ -199,28 +199,29 @@ def test_comment_is_created_once_then_updated_in_place(mr: GitLabStandIn, tmp_pa
 
 
 def test_comment_reads_like_the_design(mr: GitLabStandIn, tmp_path: Path) -> None:
-    mr.add_job_artifacts("main", "train-cpu", {"reports/metrics.json": metrics_bytes(
+    mr.add_package_file("training_example", "1.0.0+89abcdef.990", "metrics.json", metrics_bytes(
         [train_case(roc_auc=0.9889, log_loss=0.1311)], pipeline_ctx("990", sha=BASE_SHA,
-                                                                    ref="main"))})
+                                                                    ref="main")))
     reports = write_reports(tmp_path / "reports", [train_case(), skipped_case()])
     publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
     lines = body.split("\n")
     assert lines[1] == ("### ✅ Training passed — 1 passed, 1 skipped, roc_auc 0.9931 (≥ 0.95), "
-                        "+0.0042 vs main")
+                        "+0.0042 ▲ vs release 1.0.0+89abcdef.990")
     table = [line for line in lines if line.startswith("|")]
     assert table[0].split("|")[1].strip() == "case"
-    assert "**" not in table[2] and "0.9931 ≥ 0.95 ✅ (+0.0042)" in table[2]
-    assert "0.1211 ≤ 0.25 ✅ (−0.0100)" in table[2]
+    assert "**" not in table[2] and "0.9931 ≥ 0.95 ✅ (+0.0042 ▲)" in table[2]
+    assert "0.1211 ≤ 0.25 ✅ (−0.0100 ▲)" in table[2]  # lower is better for a <= rule
     assert "⏭ skipped: no CUDA GPU visible" in table[3]
-    assert "Baseline: main @ `89abcdef`, pipeline [#990]" in body
+    assert ("Compared with production: release `1.0.0+89abcdef.990` (main @ `89abcdef`, "
+            "pipeline [#990]") in body
     assert f"[training_example · train[cpu]]({WEB}/-/jobs/10020/artifacts/file/reports/notebooks/" \
            "training_example-train-cpu.ipynb)" in body
     assert "MLflow run: [training_example · train[cpu]](http://127.0.0.1:5000/" in body
     assert "_Updated by nbgate on every pipeline of this MR; last update: pipeline [#1002]" in body
-    # The baseline came from the job that ran pytest (train-cpu), not from the notify job.
-    raw = mr.requests_to("/jobs/artifacts/main/raw/reports/metrics.json", "GET")
-    assert [r.query.get("job") for r in raw] == ["train-cpu"]
+    # The baseline is production: the newest release's published metrics.
+    listing = mr.requests_to("/packages", "GET")[0]
+    assert listing.query["package_name"] == "training_example"
 
 
 def test_no_baseline_is_said_once(mr: GitLabStandIn, tmp_path: Path) -> None:
@@ -228,8 +229,8 @@ def test_no_baseline_is_said_once(mr: GitLabStandIn, tmp_path: Path) -> None:
     out = publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
     assert body.count("No baseline") == 1
-    assert "no successful train-cpu job on main has reports/metrics.json yet" in body
-    assert "vs main" not in body and "(+" not in body
+    assert "training_example has no release yet" in body
+    assert "vs release" not in body and "(+" not in body
     assert sum("baseline" in line for line in out.lines) == 1
 
 
@@ -456,16 +457,6 @@ def test_a_rerun_of_the_same_job_reuses_its_uploaded_figures(
     assert len(mr.uploads()) == 1
     assert "the train comment on !7 already shows this" in out.text
     assert mr.requests_to("/notes/", "PUT") == []
-
-
-def test_reports_written_outside_ci_have_no_baseline_job(
-    mr: GitLabStandIn, tmp_path: Path
-) -> None:
-    local = CIContext(commit_sha=SHA).to_dict()
-    reports = write_reports(tmp_path / "reports", [train_case()], local)
-    out = publish(mr, [reports])
-    assert "written outside a CI job" in out.text
-    assert mr.requests_to("/jobs/artifacts/") == []  # never the notify job's own artifacts
 
 
 def test_dry_run_prints_the_body_and_posts_nothing(mr: GitLabStandIn, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import xmlschema
 
+from nbgate.contract.baselines import load_baselines, release_file_name
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import load_metrics
 from nbgate.contract.model import CaseResult, Failure, Rule, Tracking
@@ -25,9 +26,7 @@ from reporting.baseline import (
     BaselineInfo,
     MetricDelta,
     apply_baseline,
-    baseline_from_metrics,
     baseline_line,
-    load_baseline,
 )
 from reporting.junit import junit_xml
 from reporting.report_files import annotations, metric_prefixes, metrics_txt
@@ -215,18 +214,22 @@ def test_case_table_shows_deltas_against_the_baseline() -> None:
     )
     current = passed_case()
     current.metrics["new_metric"] = 1.0
-    comparison = apply_baseline([current, skipped_case(), failed_case()], [base, skipped_case()])
+    baseline = Baseline(((BaselineInfo("base.json"), (base, skipped_case())),))
+    comparison = apply_baseline([current, skipped_case(), failed_case()], baseline)
     assert set(comparison) == {current.case_id}  # skipped and unknown cases get no deltas
     deltas = comparison[current.case_id]
-    assert deltas["roc_auc"] == MetricDelta(0.99312345, 0.9889, True)
-    assert deltas["roc_auc"].text == "+0.0042"
+    assert deltas["roc_auc"] == MetricDelta(0.99312345, 0.9889, True, True)
+    assert deltas["roc_auc"].text == "+0.0042 ▲" and deltas["roc_auc"].better is True
     assert deltas["roc_auc"].delta == pytest.approx(0.00422345)
     assert deltas["new_metric"].text == "new" and deltas["new_metric"].delta is None
     table = fmt.case_table([current, failed_case()], comparison=comparison)
     row = dict(zip(table_rows(table)[0], table_rows(table)[2], strict=True))
-    assert row["roc_auc"] == "0.9931 ≥ 0.95 ✅ (+0.0042)"
-    assert row["accuracy"] == "0.9580 (−0.0010)"
-    assert row["log_loss"] == "0.1211 ≤ 0.25 ✅ (−0.0100)"
+    assert row["roc_auc"] == "0.9931 ≥ 0.95 ✅ (+0.0042 ▲)"
+    assert row["accuracy"] == "0.9580 (−0.0010)"  # no rule: a change, neither better nor worse
+    assert row["log_loss"] == "0.1211 ≤ 0.25 ✅ (−0.0100 ▲)"  # lower is better under <=
+    assert MetricDelta(0.2, 0.1, True, False).text == "+0.1000 ▼"
+    assert MetricDelta(0.1, 0.2, True, True).text == "−0.1000 ▼"
+    assert MetricDelta(0.5, 0.5, True, True).text == "±0"
     assert row["new_metric"] == "1 (new)"
     assert MetricDelta(0.5, math.nan).text == "n/a"
     assert MetricDelta(math.nan, 0.5).text == ""
@@ -236,10 +239,16 @@ def test_baseline_line_says_so_once_when_there_is_none() -> None:
     assert baseline_line(None).startswith("No baseline: none given (--nbgate-baseline PATH")
     assert baseline_line(None, reason="x.json: cannot read").startswith("No baseline: x.json")
     info = BaselineInfo("base.json", "89abcdef0123", "990", "main", "https://gl/p/-/pipelines/990")
-    line = baseline_line(Baseline(info, {}), [passed_case(), skipped_case()])
-    assert line.startswith("Baseline: main @ `89abcdef`, pipeline [#990](https://gl/p/-/pipelines/990)")
+    line = baseline_line(Baseline(((info, ()),)), [passed_case(), skipped_case()])
+    assert line.startswith(
+        "Baseline: base.json (main @ `89abcdef`, pipeline [#990](https://gl/p/-/pipelines/990))")
     assert "1 case not in the baseline: notebooks/training_example.ipynb::train[cpu]" in line
     assert BaselineInfo("only/a/path.json").describe() == "only/a/path.json"
+    release = BaselineInfo("release 1.0.0+89abcdef.990", "89abcdef0123", "990", "main",
+                           version="1.0.0+89abcdef.990")
+    assert baseline_line(Baseline(((release, (passed_case(),)),)), [passed_case()]) == (
+        "Compared with production: release `1.0.0+89abcdef.990` (main @ `89abcdef`, "
+        "pipeline #990).")
 
 
 def test_failure_details_and_figures() -> None:
@@ -324,13 +333,21 @@ def test_baselines_from_files_and_bytes(tmp_path: Path) -> None:
                              "CI_COMMIT_REF_NAME": "main"})
     document = build_metrics([passed_case(metrics={"roc_auc": 0.9889})], ci.to_dict())
     path = write_metrics_json(tmp_path / "base.json", document)
-    loaded = load_baseline(path)
-    assert loaded.info == BaselineInfo(str(path), "89abcdef00", "990", "main", None)
-    fetched = baseline_from_metrics(path.read_bytes(), "job artifacts of train-cpu on main")
-    assert fetched.info.source == "job artifacts of train-cpu on main"
-    comparison = apply_baseline([passed_case()], fetched)
-    assert comparison[passed_case().case_id]["roc_auc"].text == "+0.0042"
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    write_metrics_json(folder / release_file_name("training_example", "1.0.0+89abcdef.990"),
+                       document)
+    [loaded] = load_baselines(path)
+    baseline = Baseline.from_runs([loaded])
+    assert baseline is not None
+    assert baseline.infos == [BaselineInfo(str(path), "89abcdef00", "990", "main", None)]
+    [release] = load_baselines(folder)
+    assert release.version == "1.0.0+89abcdef.990" and release.source.startswith("release ")
+    comparison = apply_baseline([passed_case()], Baseline.from_runs([release]))
+    assert comparison[passed_case().case_id]["roc_auc"].text == "+0.0042 ▲"
     assert comparison[passed_case().case_id]["accuracy"].text == "new"
+    gpu = passed_case(case_id="notebooks/training_example.ipynb::train[gpu]", runner="gpu")
+    assert apply_baseline([gpu], baseline)[gpu.case_id]["roc_auc"].text == "+0.0042 ▲"
 
 
 def test_metrics_txt_names_are_unique_and_safe() -> None:
@@ -558,7 +575,8 @@ def test_xdist_run_reports_each_case_once_with_baseline(
     run.assert_outcomes(passed=2, failed=1, skipped=1)
     found = check_reports(project, CASES)
     assert found["baseline"] == {"source": "base.json", "commit": "89abcdef00",
-                                 "pipeline_id": "990", "ref": "main", "pipeline_url": None}
+                                 "pipeline_id": "990", "ref": "main", "pipeline_url": None,
+                                 "version": None}
     summary = str(found["summary"])
     assert "| 0.9877 ≥ 0.9 ✅ (+0.0077) | 0.1000 ≤ 0.25 ✅ (±0) |" in summary
     assert "Baseline: main @ `89abcdef`, pipeline #990 (2 cases not in the baseline: " in summary

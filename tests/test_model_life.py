@@ -1,0 +1,233 @@
+"""The model's life on GitLab, played as a sequence against the loopback GitLab: a release on
+the default branch, a merge request's candidate compared with it, scheduled scoring that keeps
+using production, the merge that promotes the reviewed candidate unchanged, and what must not
+happen (a second release, a failed candidate shipped)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nbgate.cli import main
+from nbgate.contract.codec import read_metrics
+
+try:
+    from tests.gitlab_standin import GitLabStandIn
+    from tests.nbproject import run_pytest, write_notebook, write_pyproject
+    from tests.test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
+except ImportError:
+    from gitlab_standin import GitLabStandIn
+    from nbproject import run_pytest, write_notebook, write_pyproject
+    from test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
+
+MAIN_SHA = "aaaaaaaa" + "0" * 32  # the default branch when R1 was trained
+BRANCH_SHA = "bbbbbbbb" + "1" * 32  # the MR's head commit
+MERGE_SHA = "cccccccc" + "2" * 32  # the merge commit on the default branch
+R1 = "1.0.0+aaaaaaaa.990"
+C1 = "1.0.0-mr7.feature+bbbbbbbb.1002"
+R2 = "1.0.0+bbbbbbbb.1002"  # C1, released
+
+
+def project(root: Path) -> Path:
+    (root / "notebooks").mkdir(parents=True, exist_ok=True)
+    (root / "notebooks" / "training_example.ipynb").write_text("{}", encoding="utf-8")
+    (root / "requirements.txt").write_text("xgboost==3.2.0\n", encoding="utf-8")
+    (root / "pyproject.toml").write_text(textwrap.dedent("""
+        [tool.nbgate]
+        [[tool.nbgate.pipelines]]
+        notebook = "notebooks/training_example.ipynb"
+        kind = "train"
+        thresholds = { roc_auc = ">= 0.95" }
+        outputs = ["models/xgb_model.json"]
+        version = "1.0.0"
+        """), encoding="utf-8")
+    return root
+
+
+def train(root: Path, model: bytes, pipeline: str, sha: str, ref: str, **case: object) -> None:
+    """What a training job leaves behind: the model file and the reports."""
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models" / "xgb_model.json").write_bytes(model)
+    write_reports(root / "reports", [train_case(**case)],  # type: ignore[arg-type]
+                  pipeline_ctx(pipeline, sha=sha, ref=ref))
+
+
+def job_env(standin: GitLabStandIn, pipeline: str, sha: str, ref: str, **extra: str) -> dict:
+    return ci_env(standin, CI_PIPELINE_ID=pipeline, CI_COMMIT_SHA=sha, CI_COMMIT_SHORT_SHA=sha[:8],
+                  CI_COMMIT_REF_NAME=ref, CI_PIPELINE_URL=f"{WEB}/-/pipelines/{pipeline}",
+                  **extra)
+
+
+def nbgate(root: Path, env: dict[str, str], *args: str,
+           capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main([*args, "--pyproject", str(root / "pyproject.toml")], env)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def fetch_model(root: Path, standin: GitLabStandIn, capsys: pytest.CaptureFixture[str]) -> bytes:
+    """What scheduled scoring does: the newest release of the training pipeline."""
+    env = job_env(standin, "2001", MAIN_SHA, "main", CI_PIPELINE_SOURCE="schedule")
+    dest = root / "scoring" / "model.json"
+    code, out = nbgate(root, env, "fetch-artifact", "--pipeline", "training_example",
+                       "--dest", str(dest), capsys=capsys)
+    assert code == 0, out
+    return dest.read_bytes()
+
+
+def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = project(tmp_path)
+    os.chdir(root)
+    main_env = job_env(gitlab_standin, "990", MAIN_SHA, "main")
+    gitlab_standin.add_commit(MAIN_SHA)
+
+    # 1. Release R1 from the default branch.
+    train(root, b"model R1", "990", MAIN_SHA, "main", roc_auc=0.9889, log_loss=0.1311)
+    code, out = nbgate(root, main_env, "publish", "artifacts", capsys=capsys)
+    assert code == 0 and f"uploaded release training_example {R1}" in out, out
+
+    # 2. A branch with an open MR trains and publishes candidate C1.
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA)
+    branch_env = job_env(gitlab_standin, "1002", BRANCH_SHA, "feature")
+    train(root, b"model C1", "1002", BRANCH_SHA, "feature", roc_auc=0.9931, log_loss=0.1211)
+    code, out = nbgate(root, branch_env, "publish", "artifacts", capsys=capsys)
+    assert code == 0 and f"uploaded candidate training_example-candidate {C1}" in out, out
+
+    # 3. The MR comment compares C1 with R1, and names R1.
+    code, out = nbgate(root, branch_env, "publish", "mr", capsys=capsys)
+    assert code == 0, out
+    [note] = [n for n in gitlab_standin.notes(7) if "nbgate:train" in n.body]
+    assert f"Compared with production: release `{R1}` (main @ `aaaaaaaa`" in note.body
+    assert "+0.0042 ▲" in note.body  # roc_auc >= rule: up is better
+    assert "−0.0100 ▲" in note.body  # log_loss <= rule: down is better
+    # 4. Scheduled scoring still fetches production, R1, not the unreviewed candidate.
+    assert fetch_model(root, gitlab_standin, capsys) == b"model R1"
+
+    # 5. The merge commit runs `nbgate promote`: C1 becomes a release, byte for byte.
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA, state="merged",
+                                     merge_commit_sha=MERGE_SHA)
+    merge_env = job_env(gitlab_standin, "1003", MERGE_SHA, "main")
+    code, out = nbgate(root, merge_env, "promote", capsys=capsys)
+    assert code == 0 and f"released training_example {R2} from candidate {C1} (!7)" in out, out
+    assert fetch_model(root, gitlab_standin, capsys) == b"model C1"
+    for name in ("xgb_model.json", "metrics.json", "requirements.txt"):
+        assert (gitlab_standin.package_file("training_example", R2, name)
+                == gitlab_standin.package_file("training_example-candidate", C1, name))
+
+    # 6. A second promote changes nothing, and says so in one line.
+    before = len(gitlab_standin.packages())
+    code, out = nbgate(root, merge_env, "promote", capsys=capsys)
+    assert code == 0 and len(gitlab_standin.packages()) == before
+    assert out.strip().splitlines()[-1].startswith("nbgate promote: nothing to promote"), out
+
+    # 7. A failing candidate is never promoted, even when its MR is merged.
+    bad = train_case(roc_auc=0.91, outcome="failed")
+    failing = write_reports(tmp_path / "bad", [bad], pipeline_ctx("1004", sha="d" * 40))
+    gitlab_standin.add_package_file("training_example-candidate", "1.0.0-mr8.bad+dddddddd.1004",
+                                    "xgb_model.json", b"model bad")
+    gitlab_standin.add_package_file("training_example-candidate", "1.0.0-mr8.bad+dddddddd.1004",
+                                    "metrics.json", (failing / "metrics.json").read_bytes())
+    gitlab_standin.add_merge_request(8, source_branch="bad", sha="d" * 40, state="merged",
+                                     merge_commit_sha="e" * 40)
+    code, out = nbgate(root, job_env(gitlab_standin, "1005", "e" * 40, "main"), "promote",
+                       capsys=capsys)
+    assert code == 0 and "no passing candidate of !8" in out, out
+    assert fetch_model(root, gitlab_standin, capsys) == b"model C1"
+
+
+def test_promote_tags_the_promoted_mlflow_run(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = project(tmp_path)
+    os.chdir(root)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    created = subprocess.run(
+        [sys.executable, "-c", "import mlflow, sys; c = mlflow.MlflowClient(sys.argv[1]); "
+         "e = c.create_experiment('x'); print(c.create_run(e).info.run_id)", uri],
+        capture_output=True, text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    run_id = created.stdout.strip().splitlines()[-1]
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA)
+    case = train_case()
+    assert case.tracking is not None
+    case.tracking.run_id = run_id
+    (root / "models").mkdir()
+    (root / "models" / "xgb_model.json").write_bytes(b"m")
+    write_reports(root / "reports", [case], pipeline_ctx("1002", sha=BRANCH_SHA))
+    code, out = nbgate(root, job_env(gitlab_standin, "1002", BRANCH_SHA, "feature"),
+                       "publish", "artifacts", capsys=capsys)
+    assert code == 0, out
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA, state="merged",
+                                     merge_commit_sha=MERGE_SHA)
+    env = job_env(gitlab_standin, "1003", MERGE_SHA, "main", MLFLOW_TRACKING_URI=uri,
+                  MLFLOW_DISABLE_TELEMETRY="true")
+    code, out = nbgate(root, env, "promote", capsys=capsys)
+    assert code == 0 and f"MLflow run {run_id} tagged nbgate.release={R2}" in out, out
+    tags = subprocess.run(
+        [sys.executable, "-c", "import mlflow, sys; "
+         "print(mlflow.MlflowClient(sys.argv[1]).get_run(sys.argv[2]).data.tags['nbgate.release'])",
+         uri, run_id], capture_output=True, text=True)
+    assert tags.stdout.strip() == R2, tags.stderr
+
+
+def test_no_release_yet_says_how_to_make_one(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = project(tmp_path)
+    env = job_env(gitlab_standin, "2001", MAIN_SHA, "main")
+    code, out = nbgate(root, env, "fetch-artifact", "--pipeline", "training_example",
+                       "--dest", str(root / "m.json"), capsys=capsys)
+    assert code == 1
+    assert "no release of 'training_example' yet" in out and "nbgate promote" in out
+
+
+def test_a_baseline_rule_fails_against_the_named_release(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Production's metrics are fetched before pytest; a drop beyond the allowed change fails
+    the case in the terminal, summary.md, junit.xml and the MR comment, naming the release."""
+    root = tmp_path / "p"
+    write_notebook(root / "notebooks" / "train.ipynb",
+                   ["from nbgate import record\nrecord('auc', 0.90)"])
+    write_pyproject(root, 'timeout = 60\n[[tool.nbgate.pipelines]]\n'
+                          'notebook = "notebooks/train.ipynb"\nkind = "train"\n'
+                          'thresholds = { auc = ">= baseline - 0.005" }\n')
+    release = "0.3.0+aaaaaaaa.990"
+    production = train_case(notebook="notebooks/train.ipynb", roc_auc=0.95)
+    production.metrics = {"auc": 0.95}
+    published = write_reports(tmp_path / "release", [production],
+                              pipeline_ctx("990", sha=MAIN_SHA, ref="main"))
+    gitlab_standin.add_package_file("train", release, "metrics.json",
+                                    (published / "metrics.json").read_bytes())
+    env = job_env(gitlab_standin, "1002", BRANCH_SHA, "feature")
+    code, out = nbgate(root, env, "fetch-baseline", capsys=capsys)
+    assert code == 0 and f"baseline: train {release}" in out, out
+
+    run = run_pytest(root, "-p", "no:nbgate-tracking",
+                     env={"NBGATE_BASELINE": "reports/baseline", "CI": ""})
+    assert run.returncode == 1, run.stdout
+    assert "auc 0.9 < 0.945 (baseline 0.95)" in run.stdout
+    assert f"baseline: release {release}" in run.stdout
+    summary = (root / "reports" / "summary.md").read_text()
+    assert f"Compared with production: release `{release}`" in summary
+    assert "≥ baseline − 0.005 ❌" in summary
+    junit = (root / "reports" / "junit.xml").read_text()
+    assert "auc 0.9 &lt; 0.945 (baseline 0.95)" in junit or "auc 0.9 < 0.945" in junit
+    document = read_metrics((root / "reports" / "metrics.json").read_bytes())
+    check = document.cases[0].thresholds[0]
+    assert not check.passed and check.baseline == 0.95 and check.rule.change == "-"
+    assert document.baseline is not None and document.baseline["version"] == release
+
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA)
+    code, out = nbgate(root, env, "publish", "mr", capsys=capsys)
+    assert code == 0, out
+    [note] = [n for n in gitlab_standin.notes(7) if "nbgate:train" in n.body]
+    assert f"Compared with production: release `{release}`" in note.body
+    assert "≥ baseline − 0.005 ❌" in note.body and "−0.0500 ▼" in note.body
+
