@@ -578,10 +578,11 @@ def test_xdist_run_reports_each_case_once_with_baseline(
                                  "pipeline_id": "990", "ref": "main", "pipeline_url": None,
                                  "version": None}
     summary = str(found["summary"])
-    assert "| 0.9877 ≥ 0.9 ✅ (+0.0077) | 0.1000 ≤ 0.25 ✅ (±0) |" in summary
-    assert "Baseline: main @ `89abcdef`, pipeline #990 (2 cases not in the baseline: " in summary
+    assert "| 0.9877 ≥ 0.9 ✅ (+0.0077 ▲) | 0.1000 ≤ 0.25 ✅ (±0) |" in summary
+    assert "Baseline: base.json (main @ `89abcdef`, pipeline #990)." in summary
+    assert "2 cases not in the baseline: " in summary
     assert "No baseline" not in summary
-    run.stdout.fnmatch_lines(["*good.ipynb::train?cpu?*acc 0.9877 ≥ 0.9 (+0.0077)*"])
+    run.stdout.fnmatch_lines(["*good.ipynb::train?cpu?*acc 0.9877 ≥ 0.9 (+0.0077 ▲)*"])
 
 
 def test_interrupted_session_still_writes_reports(project: Path, pytester: pytest.Pytester) -> None:
