@@ -101,17 +101,18 @@ class Request:
         return self.token.user
 
     def fields(self) -> dict[str, Any]:
-        """Query and JSON body parameters merged, as Grape does."""
+        """Query and JSON body parameters merged, as Grape does (python-gitlab sends JSON)."""
         merged: dict[str, Any] = dict(self.query_pairs)
-        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if self.body and content_type == "application/json":
-            try:
-                decoded = json.loads(self.body)
-            except ValueError as exc:
-                raise bad_param("There was a problem with the JSON in your request") from exc
-            if isinstance(decoded, dict):
-                merged.update(decoded)
+        if self.body and (self.headers.get("Content-Type") or "").startswith("application/json"):
+            merged.update(json.loads(self.body))
         return merged
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        """A query parameter that must be one of ``allowed`` (GitLab's ``values:``)."""
+        value = self.query.get(name, default)
+        if value != default and value not in allowed:
+            raise bad_param(f"{name} does not have a valid value")
+        return value
 
 
 def text_field(fields: dict[str, Any], name: str, *, required: bool) -> str | None:
@@ -247,21 +248,13 @@ def get_user(state: GitLabState, req: Request) -> Response:
 # -- merge requests of a commit -----------------------------------------------------------------
 
 
-def _state_matches(mr: MergeRequest, state: str | None) -> bool:
-    if state in (None, "", "all"):
-        return True
-    if state not in MR_STATES:
-        raise bad_param("state does not have a valid value")
-    return mr.state == state
-
-
 def commit_merge_requests(state: GitLabState, req: Request) -> Response:
     sha = req.params["sha"]
     if sha not in state.db.commits:
         raise not_found("Commit")
-    wanted = req.query.get("state")
+    wanted = req.choice("state", (*MR_STATES, "all"), "all")
     mrs = sorted(state.db.merge_requests.values(), key=lambda mr: mr.iid, reverse=True)
-    mrs = [mr for mr in mrs if mr.related_to(sha) and _state_matches(mr, wanted)]
+    mrs = [mr for mr in mrs if mr.related_to(sha) and wanted in ("all", mr.state)]
     return paged_json(req, mrs, lambda mr: mr_json(state, mr, req.base))
 
 
@@ -318,12 +311,8 @@ def _run_quick_actions(state: GitLabState, mr_iid: int, req: Request) -> str:
 
 def list_notes(state: GitLabState, req: Request) -> Response:
     mr = _merge_request(state, req)
-    sort = req.query.get("sort", "desc")
-    order_by = req.query.get("order_by", "created_at")
-    if sort not in ("asc", "desc"):
-        raise bad_param("sort does not have a valid value")
-    if order_by not in ("created_at", "updated_at"):
-        raise bad_param("order_by does not have a valid value")
+    sort = req.choice("sort", ("asc", "desc"), "desc")
+    order_by = req.choice("order_by", ("created_at", "updated_at"), "created_at")
     notes = sorted((n for n in state.db.notes.values() if n.mr_iid == mr.iid),
                    key=lambda n: (getattr(n, order_by), n.id), reverse=sort == "desc")
     return paged_json(req, notes, lambda n: note_json(state, n, req.base))
@@ -371,13 +360,8 @@ def _wiki_fields(req: Request, *, creating: bool) -> tuple[str | None, str | Non
     title = text_field(fields, "title", required=creating)
     content = text_field(fields, "content", required=creating)
     fmt = text_field(fields, "format", required=False)
-    if not creating and title is None and content is None and fmt is None:
-        raise bad_param("content, title, format are missing, at least one parameter must be "
-                        "provided")
     if fmt is not None and fmt not in WIKI_FORMATS:
         raise bad_param("format does not have a valid value")
-    if title is not None and not title.strip():
-        raise bad_param("title is empty")
     if content is not None and len(content.encode()) > WIKI_MAX_BYTES:
         raise ApiError(400, {"message": {
             "content": ["is too long (5 MiB). The maximum size is 5 MiB."]}})
@@ -456,20 +440,13 @@ def get_package_file(state: GitLabState, req: Request) -> Response:
 
 
 def list_packages(state: GitLabState, req: Request) -> Response:
-    query = req.query
-    package_type = query.get("package_type")
-    order_by = query.get("order_by", "created_at")
-    sort = query.get("sort", "asc")
-    if package_type is not None and package_type not in PACKAGE_TYPES:
-        raise bad_param("package_type does not have a valid value")
-    if order_by not in PACKAGE_ORDER:
-        raise bad_param("order_by does not have a valid value")
-    if sort not in ("asc", "desc"):
-        raise bad_param("sort does not have a valid value")
+    package_type = req.choice("package_type", PACKAGE_TYPES, "")
+    order_by = req.choice("order_by", tuple(PACKAGE_ORDER), "created_at")
+    sort = req.choice("sort", ("asc", "desc"), "asc")
     # Every stored package is generic; GitLab matches package_name as a substring, in any case.
-    needle = query.get("package_name", "").lower()
+    needle = req.query.get("package_name", "").lower()
     packages = [p for p in state.db.packages
-                if package_type in (None, "generic") and needle in p.name.lower()]
+                if package_type in ("", "generic") and needle in p.name.lower()]
     packages.sort(key=lambda p: (getattr(p, PACKAGE_ORDER[order_by]), p.id),
                   reverse=sort == "desc")
     return paged_json(req, packages, lambda p: package_json(state, p))
@@ -516,7 +493,7 @@ def create_upload(state: GitLabState, req: Request) -> Response:
         raise bad_param("file is missing")
     filename, data = parse_multipart(content_type, req.body).get("file", (None, b""))
     if not filename:
-        raise bad_param("file is invalid" if data else "file is missing")
+        raise bad_param("file is missing")
     secret = secrets.token_hex(16)
     url = f"/uploads/{secret}/{filename}"
     alt = filename.rsplit(".", 1)[0]
