@@ -8,8 +8,6 @@ token rules, error shapes, pagination, faults, and each route the product calls.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 
 import gitlab
 import pytest
@@ -484,32 +482,6 @@ def test_upload_needs_a_file_and_a_private_token(job_gl: gitlab.Gitlab,
         job_gl.projects.get(42, lazy=True).upload("f.png", filedata=b"x")
     assert caught.value.response_code == 403
     assert gitlab_standin.uploads() == []
-
-
-# --------------------------------------------------------------------------- job artifacts
-
-
-def test_artifacts_of_the_newest_successful_job(job_gl: gitlab.Gitlab,
-                                                gitlab_standin: GitLabStandIn) -> None:
-    gitlab_standin.add_job_artifacts("main", "train", {"reports/metrics.json": b'{"auc": 0.8}'})
-    gitlab_standin.add_job_artifacts("main", "train", {"reports/metrics.json": b'{"auc": 0.9}'})
-    gitlab_standin.add_job_artifacts("main", "train", {"reports/metrics.json": b"broken"},
-                                     status="failed")
-    artifacts = job_gl.projects.get(42, lazy=True).artifacts
-    archive = zipfile.ZipFile(io.BytesIO(artifacts.download("main", "train")))
-    assert archive.read("reports/metrics.json") == b'{"auc": 0.9}'
-    assert artifacts.raw("main", "reports/metrics.json", "train") == b'{"auc": 0.9}'
-
-
-def test_missing_artifacts_are_404(project: Project, gitlab_standin: GitLabStandIn) -> None:
-    gitlab_standin.add_job_artifacts("feature/x", "train", {"a.txt": b"a"})
-    assert project.artifacts.raw("feature/x", "a.txt", "train") == b"a"
-    for call in (lambda: project.artifacts.download("main", "train"),
-                 lambda: project.artifacts.raw("feature/x", "missing.txt", "train"),
-                 lambda: project.artifacts.raw("feature/x", "a.txt", "score")):
-        with pytest.raises(gitlab.GitlabGetError) as caught:
-            call()
-        assert caught.value.error_message == "404 Not found"
 
 
 # --------------------------------------------------------------------------- faults

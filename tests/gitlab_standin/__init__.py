@@ -20,7 +20,6 @@ Usage::
 from .routes import API_PREFIX, ROUTES
 from .server import GitLabStandIn
 from .state import (
-    ArtifactSet,
     Fault,
     GitLabState,
     MergeRequest,
@@ -37,7 +36,6 @@ from .state import (
 __all__ = [
     "API_PREFIX",
     "ROUTES",
-    "ArtifactSet",
     "Fault",
     "GitLabStandIn",
     "GitLabState",

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 from .state import (
-    ArtifactSet,
     GitLabState,
     MergeRequest,
     Note,
@@ -507,32 +506,6 @@ def create_upload(state: GitLabState, req: Request) -> Response:
     })
 
 
-# -- job artifacts ------------------------------------------------------------------------------
-
-
-def _artifacts(state: GitLabState, req: Request) -> ArtifactSet:
-    job = req.query.get("job")
-    if not job:
-        raise bad_param("job is missing")
-    found = state.db.latest_artifacts(req.params["ref"], job)
-    if found is None:
-        raise not_found()
-    return found
-
-
-def download_artifacts(state: GitLabState, req: Request) -> Response:
-    answer = file_response(_artifacts(state, req).to_zip(), "application/zip")
-    answer.headers["Content-Disposition"] = 'attachment; filename="artifacts.zip"'
-    return answer
-
-
-def raw_artifact(state: GitLabState, req: Request) -> Response:
-    data = _artifacts(state, req).files.get(req.params["artifact_path"])
-    if data is None:
-        raise not_found()
-    return file_response(data)
-
-
 # -- the table ----------------------------------------------------------------------------------
 
 Handler = Callable[[GitLabState, Request], Response]
@@ -561,7 +534,6 @@ class Route:
 
 _MR = "/projects/:id/merge_requests/:iid"
 _PACKAGE = "/projects/:id/packages/generic/:name/:version/:file_name"
-_ARTIFACTS = "/projects/:id/jobs/artifacts/*ref"
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/user", get_user),
@@ -579,8 +551,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/projects/:id/packages/:package_id/package_files", list_package_files,
           allow_job_token=True),
     Route("POST", "/projects/:id/uploads", create_upload),
-    Route("GET", f"{_ARTIFACTS}/download", download_artifacts, allow_job_token=True),
-    Route("GET", f"{_ARTIFACTS}/raw/*artifact_path", raw_artifact, allow_job_token=True),
 )
 
 

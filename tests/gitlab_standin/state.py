@@ -1,5 +1,5 @@
 """The stand-in's data: one project, its users and tokens, merge requests and notes, wiki pages,
-generic packages, uploads and job artifacts, and the records the server keeps (requests, faults).
+generic packages and uploads, and the records the server keeps (requests, faults).
 
 Nothing here speaks HTTP. ``GitLabState`` is what tests seed and inspect (copies out, under its
 lock); ``Tables`` holds the rows that the route handlers in routes.py read and change.
@@ -7,9 +7,7 @@ lock); ``Tables`` holds the rows that the route handlers in routes.py read and c
 
 from __future__ import annotations
 
-import io
 import threading
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -109,22 +107,6 @@ class Upload:
 
 
 @dataclass
-class ArtifactSet:
-    job_id: int
-    ref: str
-    job: str
-    files: dict[str, bytes]
-    status: str = "success"
-
-    def to_zip(self) -> bytes:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path, data in self.files.items():
-                archive.writestr(path, data)
-        return buffer.getvalue()
-
-
-@dataclass
 class RequestRecord:
     """One request as the stand-in saw it: where a token came from, never its value."""
 
@@ -173,7 +155,6 @@ class Tables:
     wiki: dict[str, WikiPage] = field(default_factory=dict)
     packages: list[Package] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
-    artifacts: list[ArtifactSet] = field(default_factory=list)
     quick_actions: list[tuple[int, list[str]]] = field(default_factory=list)
     ids: dict[str, int] = field(default_factory=dict)
     ticks: int = 0
@@ -211,11 +192,6 @@ class Tables:
         package.files.append(PackageFile(self.next_id("package_file"), file_name, data,
                                          self.tick()))
         return package
-
-    def latest_artifacts(self, ref: str, job: str) -> ArtifactSet | None:
-        """The newest successful job of that name on ``ref``, as GitLab picks it."""
-        return next((a for a in reversed(self.artifacts)
-                     if (a.ref, a.job, a.status) == (ref, job, "success")), None)
 
 
 class GitLabState:
@@ -332,15 +308,6 @@ class GitLabState:
         with self.lock:
             package = self.db.store_package_file(name, version, file_name, data)
             return replace(package, files=list(package.files))
-
-    def add_job_artifacts(
-        self, ref: str, job: str, files: dict[str, bytes], *, status: str = "success"
-    ) -> ArtifactSet:
-        """Record a finished job's artifacts; downloads pick the newest successful one."""
-        with self.lock:
-            artifact = ArtifactSet(self.db.next_id("job"), ref, job, dict(files), status)
-            self.db.artifacts.append(artifact)
-            return artifact
 
     # -- inspection (copies, so a test never races the server) ------------------------------
 
