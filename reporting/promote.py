@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import ResultsFileError, read_metrics
 from reporting.errors import PublishSkipped
-from reporting.gitlab_client import GitLabSession, connect_unless_dry_run
+from reporting.gitlab_client import connect_unless_dry_run
 from reporting.packages import (
     METRICS_FILE,
     PackageVersion,
@@ -31,7 +30,7 @@ from reporting.packages import (
     release_version,
     semver_part,
 )
-from reporting.publish_artifacts import Declared, is_default_branch
+from reporting.publish_artifacts import Declared, is_default_branch, merged_request
 
 Echo = Callable[[str], None]
 RELEASE_TAG = "nbgate.release"
@@ -43,19 +42,6 @@ class Promotion:
     candidate: PackageVersion
     release: str
     run_ids: tuple[str, ...]
-
-
-def merged_request(session: GitLabSession, sha: str) -> dict[str, Any] | None:
-    """The merge request that commit ``sha`` merged (merge commit, squash commit, or the MR's
-    head for a fast-forward merge), or None."""
-    endpoint = session.endpoint("GET", f"/repository/commits/{sha}/merge_requests")
-    found = session.call(endpoint, lambda: list(
-        session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
-    merged = [mr for mr in found if mr.get("state") == "merged"]
-    for mr in merged:
-        if sha in (mr.get("merge_commit_sha"), mr.get("squash_commit_sha"), mr.get("sha")):
-            return mr
-    return merged[0] if merged else None
 
 
 def passing_runs(registry: Registry, candidate: PackageVersion) -> tuple[str, ...] | None:

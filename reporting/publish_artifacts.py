@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import dumps_metrics, metrics_document
@@ -25,6 +26,7 @@ from nbgate.contract.model import CaseResult
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
 from reporting.packages import (
+    CANDIDATE_SUFFIX,
     LOCK_FILE,
     METRICS_FILE,
     Registry,
@@ -32,6 +34,7 @@ from reporting.packages import (
     candidate_package,
     candidate_version,
     check_version,
+    mr_of,
     no_release,
     package_name,
     release_version,
@@ -179,6 +182,40 @@ def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | Non
     return str(max(iids)) if iids else None
 
 
+def merged_request(session: GitLabSession, sha: str) -> dict[str, Any] | None:
+    """The merge request that commit ``sha`` merged (merge commit, squash commit, or the MR's
+    head for a fast-forward merge), or None."""
+    endpoint = session.endpoint("GET", f"/repository/commits/{sha}/merge_requests")
+    found = session.call(endpoint, lambda: list(
+        session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
+    merged = [mr for mr in found if mr.get("state") == "merged"]
+    for mr in merged:
+        if sha in (mr.get("merge_commit_sha"), mr.get("squash_commit_sha"), mr.get("sha")):
+            return mr
+    return merged[0] if merged else None
+
+
+def reviewed_elsewhere(session: GitLabSession | None, ctx: CIContext,
+                       uploads: Sequence[Upload]) -> dict[str, str]:
+    """Releases a default-branch push must not make itself: when the pushed commit merged an MR
+    that has candidates of the pipeline, ``promote-model`` ships that reviewed candidate (a
+    squash or fast-forward merge keeps a ``train ...`` title, which retrains here too)."""
+    if session is None or not ctx.commit_sha or not any(u.release for u in uploads):
+        return {}
+    try:
+        mr = merged_request(session, ctx.commit_sha)
+    except PublishError as exc:
+        if exc.status == 404:  # a commit GitLab does not know merged nothing
+            return {}
+        raise
+    if mr is None:
+        return {}
+    registry = Registry(session)
+    iid = str(mr["iid"])
+    return {u.package: iid for u in uploads if u.release and any(
+        mr_of(v.version) == iid for v in registry.versions(u.package + CANDIDATE_SUFFIX))}
+
+
 def publish_artifacts(
     folders: Sequence[Path],
     env: Mapping[str, str],
@@ -198,8 +235,13 @@ def publish_artifacts(
     uploads = plan_uploads(runs, declared, root, env_ctx, kind=kind, version=version,
                            mr_iid=functools.cache(lambda: merge_request_of(session, env_ctx)),
                            echo=echo)
+    reviewed = reviewed_elsewhere(session, env_ctx, uploads)
     for upload in uploads:
         what = "release" if upload.release else "candidate"
+        if upload.package in reviewed:
+            echo(f"not releasing {upload.package}: this commit merged !{reviewed[upload.package]}, "
+                 "whose reviewed candidate promote-model releases unchanged")
+            continue
         if dry_run or session is None:
             echo(f"dry run: would upload {what} {upload.package} {upload.version}: "
                  + ", ".join(f"{n} ({upload.shown[n]}, {len(d)} bytes)"

@@ -44,11 +44,13 @@ GCL = TOOLS_BIN / "gitlab-ci-local"
 TRAIN_TITLE = "train notebooks/training_example.ipynb"
 SCORE_TITLE = "score notebooks/scoring_example.ipynb"
 TEST = {"test"}
-TRAIN_COMMIT = {"train-commit-activated-cpu", "train-commit-activated-gpu", "publish-mr",
-                "publish-artifacts"}
-SCORE_COMMIT = {"score-commit-activated", "publish-mr"}
-TRAIN_SCHEDULE = {"train-scheduled-cpu", "train-scheduled-gpu", "publish-wiki", "publish-artifacts"}
-SCORE_SCHEDULE = {"score-scheduled", "publish-wiki"}
+# One job name per runner whether a branch push or a default-branch schedule trains: GitLab's
+# test widget compares suites by job name with the target branch.
+TRAIN_COMMIT = {"train-cpu", "train-gpu", "publish-mr", "publish-artifacts"}
+SCORE_COMMIT = {"score", "publish-mr"}
+TRAIN_SCHEDULE = {"train-cpu", "train-gpu", "publish-wiki", "publish-artifacts"}
+SCORE_SCHEDULE = {"score", "publish-wiki"}
+PROMOTE = {"promote-model"}
 BUILD = {"build-ds-image"}
 
 # What the surrounding environment must not lend a job: in GitLab CI these tests run inside a
@@ -208,6 +210,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "lock": make_repo(base / "lock", ci_files(), change="requirements.txt"),
         "dockerfile-main": make_repo(base / "dockerfile-main", ci_files(), branch="main",
                                      change="Dockerfile"),
+        "main": make_repo(base / "main", ci_files(), branch="main"),
     }
 
 
@@ -230,7 +233,7 @@ SITUATIONS = [
      TEST | TRAIN_COMMIT),
     ("train-title-gpu-runner-off", "plain",
      {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "TRAIN_GPU_RUNNER": "none"},
-     TEST | TRAIN_COMMIT - {"train-commit-activated-gpu"}),
+     TEST | TRAIN_COMMIT - {"train-gpu"}),
     ("score-title", "plain", {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}, TEST | SCORE_COMMIT),
     ("ordinary-message", "plain", {**PUSH, "CI_COMMIT_MESSAGE": "Fix typo in the README"}, TEST),
     ("trigger-only-in-body", "plain",
@@ -245,7 +248,7 @@ SITUATIONS = [
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb"}, TRAIN_SCHEDULE),
     ("schedule-training-notebook-gpu-off", "plain",
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
-      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - {"train-scheduled-gpu"}),
+      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - {"train-gpu"}),
     ("schedule-scoring-notebook-train-title-at-head", "plain",
      {**SCHEDULE, "SCORING_NOTEBOOK": "notebooks/scoring_example.ipynb",
       "CI_COMMIT_MESSAGE": TRAIN_TITLE}, SCORE_SCHEDULE),
@@ -259,7 +262,14 @@ SITUATIONS = [
     ("dockerfile-change-with-train-title", "dockerfile",
      {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE}, BUILD | TEST | TRAIN_COMMIT),
     ("dockerfile-change-on-default-branch", "dockerfile-main",
-     {**PUSH, "CI_COMMIT_MESSAGE": "Bump base"}, BUILD | TEST | {"promote-ds-image"}),
+     {**PUSH, "CI_COMMIT_MESSAGE": "Bump base"}, BUILD | TEST | {"promote-ds-image"} | PROMOTE),
+    # A merge to the default branch promotes the MR's reviewed candidate; a branch push never.
+    ("merge-to-default-branch", "main", {**PUSH, "CI_COMMIT_MESSAGE": "Merge branch 'f'"},
+     TEST | PROMOTE),
+    ("squash-merge-keeping-a-train-title", "main", {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE},
+     TEST | TRAIN_COMMIT | PROMOTE),
+    ("schedule-on-default-branch", "main",
+     {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb"}, TRAIN_SCHEDULE),
     # rules:changes is always true on schedules: the build must not follow it there.
     ("dockerfile-change-schedule", "dockerfile", SCHEDULE, SCORE_SCHEDULE),
     ("dockerfile-change-schedule-build-forced", "dockerfile",
@@ -302,22 +312,16 @@ def test_runner_tags_come_from_variables_with_documented_defaults(expanded: dict
     assert variables["TRAIN_RUNNER"] == "saas-linux-small-amd64"
     assert variables["TRAIN_GPU_RUNNER"] == "saas-linux-medium-amd64-gpu-standard"
     assert variables["SCORE_RUNNER"] == "saas-linux-small-amd64"
-    for job in ("train-commit-activated-cpu", "train-scheduled-cpu"):
-        assert expanded[job]["tags"] == ["$TRAIN_RUNNER"]
-    for job in ("train-commit-activated-gpu", "train-scheduled-gpu"):
-        assert expanded[job]["tags"] == ["$TRAIN_GPU_RUNNER"]
-    for job in ("score-commit-activated", "score-scheduled"):
-        assert expanded[job]["tags"] == ["$SCORE_RUNNER"]
+    assert expanded["train-cpu"]["tags"] == ["$TRAIN_RUNNER"]
+    assert expanded["train-gpu"]["tags"] == ["$TRAIN_GPU_RUNNER"]
+    assert expanded["score"]["tags"] == ["$SCORE_RUNNER"]
 
 
 def test_train_and_score_jobs_select_by_marker_and_commit(expanded: dict) -> None:
     markers = {
-        "train-commit-activated-cpu": "train and not gpu",
-        "train-scheduled-cpu": "train and not gpu",
-        "train-commit-activated-gpu": "train and gpu",
-        "train-scheduled-gpu": "train and gpu",
-        "score-commit-activated": "score and not gpu",
-        "score-scheduled": "score and not gpu",
+        "train-cpu": "train and not gpu",
+        "train-gpu": "train and gpu",
+        "score": "score and not gpu",
     }
     for name, marker in markers.items():
         job = expanded[name]
@@ -331,12 +335,15 @@ def test_train_and_score_jobs_select_by_marker_and_commit(expanded: dict) -> Non
         assert artifacts["reports"] == {"junit": "reports/junit.xml",
                                         "metrics": "reports/metrics.txt",
                                         "annotations": "reports/annotations.json"}, name
-    for name in ("score-commit-activated", "score-scheduled"):
-        script = expanded[name]["script"]
-        fetch = 'nbgate fetch-artifact --pipeline "$MODEL_PIPELINE" --dest "$MODEL_PATH"'
-        assert script.index(fetch) < len(script) - 1, "the model is fetched before scoring"
+    script = expanded["score"]["script"]
+    fetch = 'nbgate fetch-artifact --pipeline "$MODEL_PIPELINE" --dest "$MODEL_PATH"'
+    assert script.index(fetch) < len(script) - 1, "the model is fetched before scoring"
+    for name in ("train-cpu", "train-gpu"):  # production's metrics, before pytest checks rules
+        script = "\n".join(expanded[name]["script"])
+        assert script.index("nbgate fetch-baseline") < script.index("pytest -m"), name
+        assert "export NBGATE_BASELINE=reports/baseline" in script, name
     assert expanded["variables"]["MODEL_PATH"] == "models/xgb_model.json"
-    assert "models/" in expanded["train-commit-activated-cpu"]["artifacts"]["paths"]
+    assert "models/" in expanded["train-cpu"]["artifacts"]["paths"]
 
 
 def test_notify_jobs(expanded: dict) -> None:
@@ -353,7 +360,9 @@ def test_notify_jobs(expanded: dict) -> None:
     assert all("when" not in rule for rule in expanded["publish-artifacts"]["rules"])
     assert "allow_failure" not in expanded["publish-artifacts"]
     fetched = {n["job"] for n in expanded["publish-artifacts"]["needs"] if n.get("artifacts", True)}
-    assert fetched == {"build-ds-image", "train-commit-activated-cpu", "train-scheduled-cpu"}
+    assert fetched == {"build-ds-image", "train-cpu"}
+    promote = expanded["promote-model"]
+    assert promote["stage"] == "notify" and promote["script"] == ["nbgate promote"]
 
 
 def test_test_job_runs_the_suite_and_every_notebook(expanded: dict) -> None:
@@ -438,7 +447,7 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     title = "train notebooks/tiny_train.ipynb"
     repo = job_repo(title)
     gitlab_standin.add_merge_request(7, source_branch="feature", sha=git(repo, "rev-parse", "HEAD"))
-    done = run_job(gcl, repo, ["train-commit-activated-cpu", "publish-mr", "publish-artifacts"], {
+    done = run_job(gcl, repo, ["train-cpu", "publish-mr", "publish-artifacts"], {
         "CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push",
         "CI_API_V4_URL": gitlab_standin.api_url, "CI_PROJECT_ID": str(gitlab_standin.project_id),
         "REPO_TOKEN": gitlab_standin.private_token})
@@ -450,7 +459,7 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert "other_train" not in ran
     assert "train[gpu]" not in ran  # deselected by -m in the CPU job, not skipped
 
-    artifacts = artifacts_of(repo, "train-commit-activated-cpu")
+    artifacts = artifacts_of(repo, "train-cpu")
     # The CPU runner's parameters reached the notebook, and its declared output is kept.
     assert (artifacts / "models" / "tiny.txt").read_text() == "cpu"
     executed = sorted(p.name for p in (artifacts / "reports" / "notebooks").glob("*.ipynb"))
@@ -461,7 +470,7 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert not any("other_train" in i or "gpu" in i for i in ids), ids
     assert all(c.find("failure") is None and c.find("error") is None for c in cases), ids
     # The job's own copy of its reports, which the notify jobs read.
-    own = artifacts / "nbgate-jobs" / "train-commit-activated-cpu"
+    own = artifacts / "nbgate-jobs" / "train-cpu"
     assert (own / "metrics.json").read_bytes() == (
         artifacts / "reports" / "metrics.json").read_bytes()
 
@@ -469,9 +478,12 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert len(notes) == 1, [n.body[:200] for n in notes]
     assert notes[0].body.startswith("<!-- nbgate:train -->")
     assert "tiny_train" in notes[0].body and "accuracy" in notes[0].body
-    packages = gitlab_standin.packages()
-    assert [(p.name, [(f.file_name, f.data) for f in p.files]) for p in packages] == [
-        ("tiny_train", [("tiny.txt", b"cpu")])]
+    # A branch's model is a candidate (its version names the branch and MR !7), never a release.
+    [package] = gitlab_standin.packages()
+    assert package.name == "tiny_train-candidate" and "-mr7.feature+" in package.version
+    files = {f.file_name: f.data for f in package.files}
+    assert files["tiny.txt"] == b"cpu" and set(files) >= {"tiny.txt", "metrics.json"}
+    assert "production baseline" in log or "no release" in log  # fetch-baseline said why
 
 
 def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path]) -> None:
@@ -479,13 +491,13 @@ def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path])
 
     title = "train notebooks/tiny_train.ipynb"
     repo = job_repo(title)
-    done = run_job(gcl, repo, ["train-commit-activated-gpu"],
+    done = run_job(gcl, repo, ["train-gpu"],
                    {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
     log = done.stdout + done.stderr
     if visible_cuda_devices():
         assert done.returncode == 0, log
         assert "notebooks/tiny_train.ipynb::train[gpu] PASSED" in log
-        artifacts = artifacts_of(repo, "train-commit-activated-gpu")
+        artifacts = artifacts_of(repo, "train-gpu")
         assert (artifacts / "models" / "tiny.txt").read_text() == "cuda"
     else:
         # NBGATE_REQUIRE_GPU=1 on the GPU job: a runner without a GPU fails, it does not skip.
@@ -499,7 +511,7 @@ def test_gpu_job_with_nothing_for_its_runner_passes(gcl: str,
                                                     job_repo: Callable[[str], Path]) -> None:
     title = "train notebooks/other_train.ipynb"  # declared for the cpu runner only
     repo = job_repo(title)
-    done = run_job(gcl, repo, ["train-commit-activated-gpu"],
+    done = run_job(gcl, repo, ["train-gpu"],
                    {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
@@ -510,7 +522,7 @@ def test_train_job_refuses_a_path_out_of_the_repository(gcl: str,
                                                         job_repo: Callable[[str], Path]) -> None:
     title = "train ../../etc/passwd"
     repo = job_repo(title)
-    done = run_job(gcl, repo, ["train-commit-activated-cpu"],
+    done = run_job(gcl, repo, ["train-cpu"],
                    {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push"})
     log = done.stdout + done.stderr
     assert done.returncode != 0, log
@@ -526,7 +538,7 @@ def test_scheduled_training_job_selects_by_training_notebook(
     # The head commit's title is ordinary; only the schedule's variable can name a notebook. An
     # unknown one stops the job before any kernel starts, naming where the path came from.
     repo = job_repo("Nightly")
-    done = run_job(gcl, repo, ["train-scheduled-cpu"], {
+    done = run_job(gcl, repo, ["train-cpu"], {
         "CI_PIPELINE_SOURCE": "schedule", "CI_COMMIT_MESSAGE": "Nightly",
         "TRAINING_NOTEBOOK": "notebooks/tiny_train.ipynb notebooks/gone.ipynb"})
     log = done.stdout + done.stderr

@@ -114,6 +114,11 @@ def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
     gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA, state="merged",
                                      merge_commit_sha=MERGE_SHA)
     merge_env = job_env(gitlab_standin, "1003", MERGE_SHA, "main")
+    # A squash merge keeps the MR's `train ...` title, so the default branch retrains too: that
+    # model is not released, the reviewed one is.
+    train(root, b"model retrained", "1003", MERGE_SHA, "main", roc_auc=0.9935)
+    code, out = nbgate(root, merge_env, "publish", "artifacts", capsys=capsys)
+    assert code == 0 and "not releasing training_example: this commit merged !7" in out, out
     code, out = nbgate(root, merge_env, "promote", capsys=capsys)
     assert code == 0 and f"released training_example {R2} from candidate {C1} (!7)" in out, out
     assert fetch_model(root, gitlab_standin, capsys) == b"model C1"
