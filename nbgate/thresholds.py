@@ -6,6 +6,9 @@ import math
 from collections.abc import Iterable, Mapping
 
 from nbgate.contract.model import NEGATED, Rule, Threshold, ThresholdCheck
+from nbgate.contract.text import fmt_number
+
+_GAP = {">=": "short", ">": "short", "<=": "over", "<": "over", "==": "off"}
 
 
 def parse_threshold(metric: str, text: object) -> Threshold:
@@ -36,9 +39,11 @@ def check(
         return ThresholdCheck(metric, rule, value, True, f"not checked: {why}", checked=False)
     if rule.holds(value, bound):
         return ThresholdCheck(metric, rule, value, True, bound=bound, baseline=base)
-    reason = f"{value:.6g} {NEGATED[rule.op]} {bound:.6g}"
+    # "0.9914 < 0.9999 (short by 0.0085)": the value, the bound it missed and by how much.
+    gap = f"{_GAP[rule.op]} by {fmt_number(abs(value - bound))}"
     if rule.uses_baseline:
-        reason += f" (baseline {base:.6g})"
+        gap += f", rule {rule.text}, baseline {fmt_number(base)}"
+    reason = f"{fmt_number(value)} {NEGATED[rule.op]} {fmt_number(bound)} ({gap})"
     return ThresholdCheck(metric, rule, value, False, reason, bound=bound, baseline=base)
 
 

@@ -24,8 +24,6 @@ from nbgate.contract.model import CaseResult, case_labels, preferred
 from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
 from reporting.markdown import (
-    FAIL_MARK,
-    case_table,
     counts,
     failure_details,
     figures_markdown,
@@ -35,6 +33,7 @@ from reporting.markdown import (
     md_cell,
     md_safe,
     overall_mark,
+    results_tables,
     short_reason,
 )
 
@@ -197,24 +196,25 @@ def render_comment(data: CommentData) -> str:
     comparison = comparison_of(data.cases)
     parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
     shown = _table_rows(results)
+    labels = case_labels(results)
     if results:
-        labels = case_labels(results)
-        parts.append(case_table(shown, comparison=comparison,
-                                case_label=lambda r: labels[r.case_id]))
+        parts.append(results_tables(shown, comparison=comparison,
+                                    case_label=lambda r: labels[r.case_id]))
         if len(shown) < len(results):
             parts.append(f"… and {len(results) - len(shown)} more cases: see summary.md in the "
                          "job artifacts.")
     parts.append(_baseline_text(data))
-    links = {path: link for c in data.cases for path, link in c.figures.items()}
-    figures = figures_markdown([r for r in results if r.figures and
-                                any(p in links for p in r.figures.values())],
-                               lambda p: links.get(p, p))
-    if figures:
-        parts.append(figures)
+    # How a case failed comes before the figures, which are large and push it out of view.
     failed = [r for r in results if r.outcome == "failed"]
     parts += [failure_details(r, max_chars=3000) for r in failed[:MAX_FAILURE_BLOCKS]]
     if len(failed) > MAX_FAILURE_BLOCKS:
         parts.append(f"… {len(failed) - MAX_FAILURE_BLOCKS} more failed cases: see junit.xml.")
+    links = {path: link for c in data.cases for path, link in c.figures.items()}
+    figures = figures_markdown([r for r in results if r.figures and
+                                any(p in links for p in r.figures.values())],
+                               lambda p: links.get(p, p), lambda r: labels[r.case_id])
+    if figures:
+        parts.append(figures)
     parts.append(_links(data))
     parts.append(_footer(data.pipeline))
     state = encode_state(data)
@@ -295,8 +295,9 @@ def _failed_metric(
     if check is None:
         message = first.failure.message if first.failure else "failed"
         return md_cell(short_reason(message, 80))
-    text = f"{md_cell(check.metric)} {fmt_number(check.value)} ({fmt_rule(check.rule)} {FAIL_MARK})"
-    return text + _delta(first, check.metric, comparison, baselines)
+    # "roc_auc 0.9914 < 0.9999 (short by 0.0085)": the rule it broke and by how much.
+    return md_cell(f"{check.metric} {check.reason}") + _delta(first, check.metric, comparison,
+                                                               baselines)
 
 
 def _finite(value: float | None) -> bool:

@@ -63,25 +63,18 @@ _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 # -- numbers ---------------------------------------------------------------------------------
 
 
-def _decimals(magnitude: float) -> int:
-    """Decimals that show 4 significant digits of a number of this size (0 for >= 1000)."""
-    if magnitude == 0 or not math.isfinite(magnitude):
-        return 0
-    return min(12, max(0, 3 - math.floor(math.log10(magnitude))))
-
-
 def fmt_delta(value: float | None, base: float | None) -> str:
     """``value - base`` at the precision the values are shown with: "+0.0042", "−0.0010", "±0".
 
-    The number of decimals follows the larger of the two values (0.9931 vs 0.9889 -> 4 decimals)
-    and is 0 when both are whole numbers (114 vs 110 -> "+4"); a change too small to show at that
-    precision is "±0". Returns "n/a" when either side is missing or not finite.
+    Four decimals, as ``fmt_number`` shows values; none when both are whole numbers (114 vs 110
+    -> "+4") or large (>= 1000); a change too small to show at that precision is "±0". Returns
+    "n/a" when either side is missing or not finite.
     """
     if value is None or base is None or not (math.isfinite(value) and math.isfinite(base)):
         return "n/a"
     diff = value - base
     whole = float(value).is_integer() and float(base).is_integer()
-    decimals = 0 if whole else _decimals(max(abs(value), abs(base)))
+    decimals = 0 if whole or max(abs(value), abs(base)) >= 1e3 else 4
     text = f"{abs(diff):.{decimals}f}"
     if diff == 0 or float(text) == 0:
         return "±0"
@@ -238,6 +231,22 @@ def _checks(result: CaseResult) -> dict[str, ThresholdCheck]:
     return {c.metric: c for c in result.thresholds}
 
 
+MAX_GATED_COLUMNS = 5  # case, outcome, time, these, MLflow: a table GitLab shows unscrolled
+NBSP = "\u00a0"  # keeps "0.9931 ≥ 0.95 ✅" and "41.2 s" on one line in a narrow column
+
+
+def gated_names(results: Iterable[CaseResult]) -> list[str]:
+    """Metrics some result has a rule on, in rule order."""
+    names: dict[str, None] = {}
+    for result in results:
+        names.update(dict.fromkeys(c.metric for c in result.thresholds))
+    return list(names)
+
+
+def _unbroken(text: str) -> str:
+    return text.replace(" ", NBSP)
+
+
 def case_table(
     results: Sequence[CaseResult],
     *,
@@ -247,43 +256,114 @@ def case_table(
     run_link: bool = True,
     reason_limit: int = 60,
 ) -> str:
-    """The case table as markdown (tabulate, "github" format; GitLab renders it the same).
+    """The main case table as markdown (tabulate, "github" format; GitLab renders it the same).
 
-    Columns: case, runner, outcome, time, one per metric (``metrics``, default ``metric_names``),
+    Columns: case, outcome, time, one per gated metric (``metrics``, default ``gated_names``)
     and "MLflow" when ``run_link`` and some result has a tracking run. A metric cell shows the
-    value, the rule and its mark when a threshold exists, and the change against the baseline when
-    ``comparison`` (from ``reporting.baseline.apply_baseline``) knows the case; an absent metric
-    is "–". ``case_label`` picks what the case column shows (default: the case id). Every cell
-    goes through ``md_cell``. Returns "" for no results.
+    value, its rule and mark, and the change against the baseline (▲ better, ▼ worse) when
+    ``comparison`` knows the case; an absent metric is "–". With more gated metrics than
+    ``MAX_GATED_COLUMNS`` they share one "gates" column, so the table stays narrow. Values never
+    wrap inside themselves. ``case_label`` picks what the case column shows (default: the case
+    id, which names the runner). Returns "" for no results.
     """
     if not results:
         return ""
-    names = list(metrics) if metrics is not None else metric_names(results)
+    names = list(metrics) if metrics is not None else gated_names(results)
+    folded = metrics is None and len(names) > MAX_GATED_COLUMNS
     label = case_label or (lambda r: r.case_id)
     links = run_link and any(r.tracking for r in results)
-    headers = ["case", "runner", "outcome", "time", *names] + (["MLflow"] if links else [])
+    headers = ["case", "outcome", "time", *(["gates"] if folded else names)]
+    headers += ["MLflow"] if links else []
     rows = []
     for result in results:
         checks = _checks(result)
         deltas = (comparison or {}).get(result.case_id, {})
         skipped = result.outcome == "skipped"
-        row = [
-            md_cell(label(result)),
-            md_cell(result.runner),
-            md_cell(outcome_label(result, reason_limit=reason_limit)),
-            MISSING if skipped and not result.duration_s else fmt_duration(result.duration_s),
-        ]
+        time = MISSING if skipped and not result.duration_s else fmt_duration(result.duration_s)
+        row = [md_cell(label(result)), md_cell(outcome_label(result, reason_limit=reason_limit)),
+               _unbroken(time)]
+        cells = []
         for name in names:
             if skipped or (name not in result.metrics and name not in checks):
-                row.append(MISSING)
-            else:
-                row.append(md_cell(metric_cell(result.metrics.get(name), checks.get(name),
-                                               deltas.get(name))))
+                cells.append(MISSING)
+                continue
+            cell = metric_cell(result.metrics.get(name), checks.get(name), deltas.get(name))
+            cells.append(_unbroken(md_cell(f"{name} {cell}" if folded else cell)))
+        row += ["<br>".join(c for c in cells if c != MISSING) or MISSING] if folded else cells
         if links:
             row.append(run_link_markdown(result))
         rows.append(row)
     return tabulate(rows, headers=[md_cell(h) for h in headers], tablefmt="github",
                     disable_numparse=True)
+
+
+def details_table(
+    results: Sequence[CaseResult],
+    names: Sequence[str],
+    *,
+    comparison: Comparison | None = None,
+    case_label: Callable[[CaseResult], str] | None = None,
+) -> str:
+    """The other recorded metrics, one row per metric and one column per case (metrics are
+    many, cases few: turned this way the table stays readable however many a notebook records).
+    """
+    ran = [r for r in results if r.outcome != "skipped"]
+    if not ran or not names:
+        return ""
+    label = case_label or (lambda r: r.case_id)
+    rows = []
+    for name in names:
+        row = [md_cell(name)]
+        for result in ran:
+            if name not in result.metrics:
+                row.append(MISSING)
+                continue
+            delta = (comparison or {}).get(result.case_id, {}).get(name)
+            cell = fmt_number(result.metrics[name])
+            if delta is not None and delta.text:
+                cell += f" ({delta.text})"
+            row.append(_unbroken(md_cell(cell)))
+        rows.append(row)
+    headers = ["metric", *(md_cell(label(r)) for r in ran)]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def pipeline_groups(results: Sequence[CaseResult]) -> list[list[CaseResult]]:
+    """The results in one group, or one group per pipeline when pipelines gate different
+    metrics (a single table would be mostly "–")."""
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for result in results:
+        groups.setdefault((result.notebook, result.kind), []).append(result)
+    gates = {tuple(gated_names(g)) for g in groups.values()}
+    return [list(results)] if len(gates) <= 1 else list(groups.values())
+
+
+def results_tables(
+    results: Sequence[CaseResult],
+    *,
+    comparison: Comparison | None = None,
+    case_label: Callable[[CaseResult], str] | None = None,
+    run_link: bool = True,
+    max_rows: int | None = None,
+) -> str:
+    """Per pipeline group: the main table (gated metrics), then every other recorded metric in a
+    collapsed table. A heading names the pipeline when there are several groups."""
+    parts = []
+    groups = pipeline_groups(results)
+    for group in groups:
+        shown = group[:max_rows] if max_rows else group
+        if len(groups) > 1:
+            parts.append(f"**{md_cell(group[0].notebook or group[0].case_id)}**")
+        parts.append(case_table(shown, comparison=comparison, case_label=case_label,
+                                run_link=run_link))
+        gated = set(gated_names(group))
+        others = [n for n in metric_names(group) if n not in gated]
+        detail = details_table(shown, others, comparison=comparison, case_label=case_label)
+        if detail:
+            noun = "metric" if len(others) == 1 else "metrics"
+            parts.append(f"<details><summary>All recorded metrics ({len(others)} more "
+                         f"{noun})</summary>\n\n{detail}\n\n</details>")
+    return "\n\n".join(parts)
 
 
 def run_link_markdown(result: CaseResult) -> str:
@@ -313,23 +393,28 @@ def failure_details(result: CaseResult, *, max_chars: int = 6000) -> str:
 
 
 def figures_markdown(
-    results: Iterable[CaseResult], url_for: Callable[[str], str] | None = None
+    results: Iterable[CaseResult],
+    url_for: Callable[[str], str] | None = None,
+    case_label: Callable[[CaseResult], str] | None = None,
 ) -> str:
-    """Image links for every recorded figure, one line per case ("" when there are none).
+    """Every recorded figure, per case: the case's label on its own line, then its figures side
+    by side (GitLab's ``{width=…}`` image attribute), "" when there are none.
 
     ``url_for`` maps a figure path (as in ``CaseResult.figures``, repository-relative) to the
     link to use: a path relative to the markdown file, or an uploaded file's URL.
     """
-    lines = []
+    label = case_label or (lambda r: r.case_id)
+    blocks = []
     for result in results:
         if not result.figures:
             continue
+        width = f"{max(30, 96 // len(result.figures))}%" if len(result.figures) > 1 else "60%"
         images = " ".join(
-            f"![{md_cell(name)}]({(url_for or str)(path).replace(' ', '%20')})"
+            f"![{md_cell(name)}]({(url_for or str)(path).replace(' ', '%20')}){{width={width}}}"
             for name, path in result.figures.items()
         )
-        lines.append(f"{md_cell(result.case_id)}: {images}")
-    return "\n\n".join(lines)
+        blocks.append(f"**{md_cell(label(result))}**\n\n{images}")
+    return "\n\n".join(blocks)
 
 
 def counts(results: Iterable[CaseResult]) -> dict[str, int]:

@@ -9,7 +9,9 @@ the others are deleted, so duplicates heal instead of piling up.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from reporting.comment import (
 )
 from reporting.errors import PublishSkipped, PublishUsageError
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.preview import write_preview
 from reporting.production import production_baseline
 from reporting.reports_folder import (
     RunReports,
@@ -102,14 +105,19 @@ def _show(
 ) -> None:
     """The dry run: the body that would be sent, figures as local paths (nothing uploaded).
     With a session the existing comment is read, so the body is the one an update would send."""
-    data = _with_local_figures(data, runs, root)
     previous = _existing(session, iid, data.kind)[0] if session and iid else None
-    data = merge_previous(data, decode_state(previous.body) if previous else None)
+    state = decode_state(previous.body) if previous else None
+    shown = merge_previous(_with_local_figures(data, runs, root), state)
     action = "update" if previous else "create"
     target = f"!{iid}" if iid else "the merge request"
     echo(f"--- dry run: would {action} the {data.kind} comment on {target}; body: ---")
-    echo(scrub(render_comment(data)).rstrip("\n"))
+    echo(scrub(render_comment(shown)).rstrip("\n"))
     echo("--- end of body ---")
+    # The same body as a page rendered like a GitLab note, its figures linked from beside it.
+    preview = runs[0].folder / f"comment-{data.kind}.html"
+    local = merge_previous(_with_local_figures(data, runs, root, preview.parent), state)
+    write_preview(preview, scrub(render_comment(local)), f"nbgate {data.kind} comment")
+    echo(f"preview: {display_path(preview)} (open it in a browser)")
 
 
 # -- finding the merge request ---------------------------------------------------------------
@@ -218,12 +226,19 @@ def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> 
     return found
 
 
-def _with_local_figures(data: CommentData, runs: Sequence[RunReports], root: Path) -> CommentData:
+def _with_local_figures(
+    data: CommentData, runs: Sequence[RunReports], root: Path, base: Path | None = None
+) -> CommentData:
+    """``data`` with each figure linked to its local file: relative to ``base`` (a page beside
+    it), else to the working folder."""
     files = _figure_files(data, runs, root)
-    for case in data.cases:
-        case.figures = {p: display_path(files[p]) for p in case.result.figures.values()
-                        if p in files}
-    return data
+
+    def where(path: Path) -> str:
+        return Path(os.path.relpath(path, base)).as_posix() if base else display_path(path)
+
+    cases = [replace(c, figures={p: where(files[p]) for p in c.result.figures.values()
+                                 if p in files}) for c in data.cases]
+    return replace(data, cases=cases)
 
 
 def _upload_figures(

@@ -6,16 +6,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nbgate.contract.ci_context import CIContext
-from nbgate.contract.model import CaseResult
+from nbgate.contract.model import CaseResult, case_labels
 from reporting.baseline import Baseline, apply_baseline, baseline_line
 from reporting.markdown import (
-    case_table,
     failure_details,
     figures_markdown,
     link,
     md_cell,
     md_safe,
     mlflow_hint,
+    results_tables,
     verdict,
 )
 
@@ -46,15 +46,17 @@ def render_summary(
         if not_run:
             line += f"; {len(not_run)} did not run: {md_cell(', '.join(not_run))}"
         parts.append(line + ".")
+    labels = case_labels(results)
     if results:
-        parts.append(case_table(results, comparison=comparison))
+        parts.append(results_tables(results, comparison=comparison,
+                                    case_label=lambda r: labels[r.case_id]))
         parts.append(baseline_line(baseline, results, baseline_reason))
     else:
         parts.append("No notebook case reported a result.")
     failures = [failure_details(r) for r in results if r.outcome == "failed"]
     if failures:
         parts.append("## Failures\n\n" + "\n\n".join(failures))
-    figures = figures_markdown(results, link_for)
+    figures = figures_markdown(results, link_for, lambda r: labels[r.case_id])
     if figures:
         parts.append("## Figures\n\n" + figures)
     parts.append(_links(results, pipeline, link_for, root))

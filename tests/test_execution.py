@@ -142,7 +142,7 @@ def test_timeout_names_limit_and_cell(project: Path, session: dict) -> None:
         ("not_number", "TypeError in cell 1: nbgate.record('auc', ...) needs a plain number"),
         ("unknown_param", "parameter typo not defined in the 'parameters' cell (it defines: x)"),
         ("no_params_cell", "has no cell tagged 'parameters', but parameters are injected (x)"),
-        ("below_threshold", "1 threshold violated: auc 0.5 < 0.9 (rule: auc >= 0.9)"),
+        ("below_threshold", "auc 0.5000 < 0.9000 (short by 0.4000)"),
         ("invalid_json", "not a notebook: invalid JSON"),
         ("not_a_notebook", "not a notebook:"),
     ],
@@ -174,5 +174,5 @@ def test_fixture_runs_notebooks_from_parametrized_tests(project: Path, session: 
     assert "FAILED tests/test_user.py::test_ok_notebook[3]" in stdout
     text = stdout[stdout.index("_ test_ok_notebook[3] _") :]
     assert (
-        "tests/test_user.py::test_ok_notebook[3] failed: 1 threshold violated: x_seen 3 > 2" in text
+        "tests/test_user.py::test_ok_notebook[3] failed: x_seen 3 > 2 (over by 1)" in text
     )

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,10 @@ def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
     code, out = nbgate(root, branch_env, "publish", "mr", capsys=capsys)
     assert code == 0, out
     [note] = [n for n in gitlab_standin.notes(7) if "nbgate:train" in n.body]
-    assert f"Compared with production: release `{R1}` (main @ `aaaaaaaa`" in note.body
-    assert "+0.0042 ▲" in note.body  # roc_auc >= rule: up is better
-    assert "−0.0100 ▲" in note.body  # log_loss <= rule: down is better
+    body = note.body.replace("\u00a0", " ")  # cells keep each value on one line
+    assert f"Compared with production: release `{R1}` (main @ `aaaaaaaa`" in body
+    assert "+0.0042 ▲" in body  # roc_auc >= rule: up is better
+    assert "−0.0100 ▲" in body  # log_loss <= rule: down is better
     # 4. Scheduled scoring still fetches production, R1, not the unreviewed candidate.
     assert fetch_model(root, gitlab_standin, capsys) == b"model R1"
 
@@ -217,13 +219,16 @@ def test_a_baseline_rule_fails_against_the_named_release(
     run = run_pytest(root, "-p", "no:nbgate-tracking",
                      env={"NBGATE_BASELINE": "reports/baseline", "CI": ""})
     assert run.returncode == 1, run.stdout
-    assert "auc 0.9 < 0.945 (baseline 0.95)" in run.stdout
+    why = "auc 0.9000 < 0.9450 (short by 0.0450, rule >= baseline - 0.005, baseline 0.9500)"
+    assert why in run.stdout
     assert f"baseline: release {release}" in run.stdout
-    summary = (root / "reports" / "summary.md").read_text()
+    summary = (root / "reports" / "summary.md").read_text().replace("\u00a0", " ")
     assert f"Compared with production: release `{release}`" in summary
     assert "≥ baseline − 0.005 ❌" in summary
-    junit = (root / "reports" / "junit.xml").read_text()
-    assert "auc 0.9 &lt; 0.945 (baseline 0.95)" in junit or "auc 0.9 < 0.945" in junit
+    assert "auc 0.9000 &lt; 0.9450 (short by 0.0450" in summary
+    junit = ET.parse(root / "reports" / "junit.xml").getroot()
+    failure = next(junit.iter("failure"))
+    assert why in (failure.text or "") and why in failure.get("message", "")
     document = read_metrics((root / "reports" / "metrics.json").read_bytes())
     check = document.cases[0].thresholds[0]
     assert not check.passed and check.baseline == 0.95 and check.rule.change == "-"
@@ -233,6 +238,9 @@ def test_a_baseline_rule_fails_against_the_named_release(
     code, out = nbgate(root, env, "publish", "mr", capsys=capsys)
     assert code == 0, out
     [note] = [n for n in gitlab_standin.notes(7) if "nbgate:train" in n.body]
-    assert f"Compared with production: release `{release}`" in note.body
-    assert "≥ baseline − 0.005 ❌" in note.body and "−0.0500 ▼" in note.body
+    body = note.body.replace("\u00a0", " ")
+    assert f"Compared with production: release `{release}`" in body
+    assert "≥ baseline − 0.005 ❌" in body and "−0.0500 ▼" in body
+    assert body.split("\n")[1].startswith(f"### ❌ Training failed — 1 of 1 case failed, "
+                                           f"{why.replace('<', '&lt;')}")
 

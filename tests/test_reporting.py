@@ -19,7 +19,7 @@ import xmlschema
 from nbgate.contract.baselines import load_baselines, release_file_name
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import load_metrics
-from nbgate.contract.model import CaseResult, Failure, Rule, Tracking
+from nbgate.contract.model import CaseResult, Failure, Rule, Tracking, case_labels
 from reporting import markdown as fmt
 from reporting.baseline import (
     Baseline,
@@ -178,18 +178,19 @@ def test_md_safe_never_leaves_a_line_starting_with_a_slash() -> None:
 
 
 def table_rows(table: str) -> list[list[str]]:
-    lines = table.splitlines()
+    # Cells keep each value on one line with no-break spaces; compare them as plain spaces.
+    lines = table.replace(fmt.NBSP, " ").splitlines()
     return [[c.strip() for c in UNESCAPED_PIPE.split(line)[1:-1]] for line in lines]
 
 
 def test_case_table_is_a_well_formed_markdown_table() -> None:
     results = [passed_case(), skipped_case(), failed_case()]
-    table = fmt.case_table(results)
+    table = fmt.case_table(results, metrics=fmt.metric_names(results))
     rows = table_rows(table)
     header = rows[0]
-    assert header[:4] == ["case", "runner", "outcome", "time"]
+    assert header[:3] == ["case", "outcome", "time"]  # the case id names the runner
     # metrics in first-recorded order, unrecorded threshold metrics last, pipes escaped
-    assert header[4:] == ["roc_auc", "accuracy", "log_loss", "a\\|b", "nan_metric", "missing"]
+    assert header[3:] == ["roc_auc", "accuracy", "log_loss", "a\\|b", "nan_metric", "missing"]
     assert all(len(row) == len(header) for row in rows), table
     assert not [line for line in table.splitlines() if line.lstrip().startswith("/")]
     body = {row[0]: dict(zip(header, row, strict=True)) for row in rows[2:]}
@@ -200,7 +201,7 @@ def test_case_table_is_a_well_formed_markdown_table() -> None:
     assert good["a\\|b"] == "–"  # not recorded by this case, no rule: nothing to show
     gpu = body["notebooks/training_example.ipynb::train[gpu]"]
     assert gpu["outcome"] == "⏭ skipped: no CUDA GPU visible" and gpu["time"] == "–"
-    assert set(list(gpu.values())[4:]) == {"–"}
+    assert set(list(gpu.values())[3:]) == {"–"}
     bad = body["\\/close::score[cpu]"]
     assert bad["nan_metric"] == "**NaN** ≥ 0.9 ❌"
     assert bad["missing"] == "– > 0 ❌"
@@ -222,7 +223,8 @@ def test_case_table_shows_deltas_against_the_baseline() -> None:
     assert deltas["roc_auc"].text == "+0.0042 ▲" and deltas["roc_auc"].better is True
     assert deltas["roc_auc"].delta == pytest.approx(0.00422345)
     assert deltas["new_metric"].text == "new" and deltas["new_metric"].delta is None
-    table = fmt.case_table([current, failed_case()], comparison=comparison)
+    table = fmt.case_table([current, failed_case()], comparison=comparison,
+                           metrics=fmt.metric_names([current]))
     row = dict(zip(table_rows(table)[0], table_rows(table)[2], strict=True))
     assert row["roc_auc"] == "0.9931 ≥ 0.95 ✅ (+0.0042 ▲)"
     assert row["accuracy"] == "0.9580 (−0.0010)"  # no rule: a change, neither better nor worse
@@ -263,10 +265,40 @@ def test_failure_details_and_figures() -> None:
     assert "    /close" in details  # indented: no quick action
     assert fmt.failure_details(passed_case()) == ""
     images = fmt.figures_markdown([passed_case(), skipped_case()], lambda p: "x/" + Path(p).name)
-    assert images == (
-        "notebooks/training_example.ipynb::train[cpu]: "
-        "![roc_curve](x/training_example-train-cpu-roc_curve.png)"
+    assert images == (  # the label on its own line: it must not read like a caption
+        "**notebooks/training_example.ipynb::train[cpu]**\n\n"
+        "![roc_curve](x/training_example-train-cpu-roc_curve.png){width=60%}"
     )
+    two = passed_case(figures={"a": "reports/figures/a.png", "b": "reports/figures/b.png"})
+    assert fmt.figures_markdown([two]).endswith(
+        "![a](reports/figures/a.png){width=48%} ![b](reports/figures/b.png){width=48%}")
+
+
+def test_tables_stay_narrow_however_many_metrics_a_notebook_records() -> None:
+    scoring = passed_case(case_id="notebooks/scoring_example.ipynb::score[cpu]",
+                          notebook="notebooks/scoring_example.ipynb", kind="score",
+                          metrics={"rows": 114.0, "mean_score": 0.62104,
+                                   **{f"share_decile_{i}": 0.1 for i in range(10)},
+                                   "roc_auc": 0.9914},
+                          thresholds=[check("roc_auc", ">= 0.95", 0.9914, True),
+                                      check("rows", ">= 100", 114.0, True)])
+    text = fmt.results_tables([passed_case(), scoring])
+    tables = [t for t in text.split("\n\n") if t.startswith("|")]
+    widths = [len(table_rows(t)[0]) for t in tables]
+    assert max(widths) <= 8, text
+    # One table per pipeline: they gate different metrics, a shared table would be mostly "–".
+    assert "**notebooks/scoring_example.ipynb**" in text
+    main = table_rows(tables[2])
+    assert main[0][3:5] == ["roc_auc", "rows"]  # every gated metric is in the main table
+    assert "<details><summary>All recorded metrics (11 more metrics)</summary>" in text
+    detail = table_rows(tables[3])
+    assert detail[0][0] == "metric" and len(detail) == 2 + 11
+    assert fmt.NBSP in text and "0.9914 ≥ 0.95 ✅" in text.replace(fmt.NBSP, " ")
+    many = passed_case(thresholds=[check(f"m{i}", ">= 0", 1.0, True) for i in range(7)],
+                       metrics={f"m{i}": 1.0 for i in range(7)})
+    folded = table_rows(fmt.case_table([many]))
+    assert folded[0] == ["case", "outcome", "time", "gates", "MLflow"] or \
+        folded[0] == ["case", "outcome", "time", "gates"]
 
 
 def test_rule_checks_text_for_the_terminal() -> None:
@@ -310,6 +342,8 @@ def test_junit_is_valid_clean_and_complete() -> None:
     )
     skipped = cases[skipped_case().case_id].find("skipped")
     assert skipped is not None and skipped.get("message", "").startswith("no CUDA GPU visible")
+    # GitLab's parser shows a text-less <skipped/> as a raw JSON object: the reason is the text.
+    assert (skipped.text or "").startswith("no CUDA GPU visible")
     failure = cases["/close::score[cpu]"].find("failure")
     assert failure is not None
     assert failure.get("message") == "ValueError in cell 3: bad | input"
@@ -401,9 +435,10 @@ def test_summary_puts_the_verdict_first_and_is_safe_to_post() -> None:
     ) in text
     assert not [line for line in lines if line.startswith("/")]
     assert "\x1b" not in text and "\x00" not in text
-    for case_id in ("notebooks/training_example.ipynb::train[cpu]",
-                    "notebooks/training_example.ipynb::train[gpu]", "\\/close::score[cpu]"):
-        assert sum(line.startswith(f"| {case_id} ") for line in lines) == 1
+    labels = case_labels([tracked, skipped_case(), failed_case()])
+    assert len(set(labels.values())) == 3
+    for label in labels.values():  # each case once in the main table, by its short label
+        assert sum(line.startswith(f"| {fmt.md_cell(label)} ") for line in lines) == 1
 
 
 def test_terminal_lines_and_mlflow_hint(tmp_path: Path) -> None:
@@ -512,8 +547,10 @@ def check_reports(root: Path, expected: list[str]) -> dict[str, object]:
     cases, baseline = document.cases, document.baseline
     assert sorted(c.case_id for c in cases) == sorted(expected)
     summary = (reports / "summary.md").read_text(encoding="utf-8")
-    rows = [line for line in summary.splitlines() if line.startswith("| notebooks/")]
-    assert sorted(row.split(" ")[1] for row in rows) == sorted(expected)
+    labels = case_labels(cases)
+    rows = [table_rows(line)[0][0] for line in summary.splitlines()
+            if line.startswith("| ") and " · " in line.split("|")[1]]
+    assert sorted(rows) == sorted(labels[case_id] for case_id in expected)
     metrics_text = (reports / "metrics.txt").read_text(encoding="utf-8")
     names = [line.split(" ")[0] for line in metrics_text.splitlines()]
     assert len(names) == len(set(names)), metrics_text
@@ -577,7 +614,7 @@ def test_xdist_run_reports_each_case_once_with_baseline(
     assert found["baseline"] == {"source": "base.json", "commit": "89abcdef00",
                                  "pipeline_id": "990", "ref": "main", "pipeline_url": None,
                                  "version": None}
-    summary = str(found["summary"])
+    summary = str(found["summary"]).replace(fmt.NBSP, " ")
     assert "| 0.9877 ≥ 0.9 ✅ (+0.0077 ▲) | 0.1000 ≤ 0.25 ✅ (±0) |" in summary
     assert "Baseline: base.json (main @ `89abcdef`, pipeline #990)." in summary
     assert "2 cases not in the baseline: " in summary

@@ -63,7 +63,8 @@ def test_evaluation_reports_value_rule_and_reason() -> None:
     ]
     checks = evaluate(rules, {"auc": 0.91, "loss": 0.2, "f1": math.nan, "big": math.inf})
     by_metric = {c.metric: c for c in checks}
-    assert not by_metric["auc"].passed and by_metric["auc"].reason == "0.91 < 0.95"
+    assert not by_metric["auc"].passed
+    assert by_metric["auc"].reason == "0.9100 < 0.9500 (short by 0.0400)"
     assert by_metric["loss"].passed and by_metric["loss"].reason == ""
     assert not by_metric["f1"].passed and by_metric["f1"].reason == "is not finite (nan)"
     assert not by_metric["big"].passed and by_metric["big"].reason == "is not finite (inf)"
@@ -79,7 +80,12 @@ def test_baseline_rules_compare_with_the_production_value() -> None:
     ok, worse = evaluate([drop, grow], {"auc": 0.9851, "loss": 0.1021}, production)
     assert ok.passed and ok.bound == pytest.approx(0.985) and ok.baseline == 0.99
     assert not worse.passed and worse.bound == pytest.approx(0.102)
-    assert worse.reason == "0.1021 > 0.102 (baseline 0.1)"
+    assert worse.reason == ("0.1021 > 0.1020 (over by 1.000e-04, rule <= baseline * 1.02, "
+                            "baseline 0.1000)")
+    [off] = evaluate([parse_threshold("n", "== 3")], {"n": 5.0})
+    assert off.reason == "5 != 3 (off by 2)"
+    [over] = evaluate([parse_threshold("loss", "< 0.25")], {"loss": 0.3})
+    assert over.reason == "0.3000 >= 0.2500 (over by 0.0500)"
     [unchecked] = evaluate([drop], {"auc": 0.5}, None)
     assert unchecked.passed and not unchecked.checked
     assert unchecked.reason == "not checked: no baseline"

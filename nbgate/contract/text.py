@@ -26,10 +26,10 @@ def clean_text(text: str) -> str:
 
 
 def fmt_number(value: float | None) -> str:
-    """A metric value for reading: 4 significant digits; exact values stay in metrics.json.
-
-    Whole numbers print as integers ("114"), large ones are rounded to integers ("12346"),
-    tiny ones use an exponent ("1.235e-05"); None is "–", NaN is "NaN", infinities "inf"/"-inf".
+    """A metric value for reading, with the same decimals everywhere (exact values stay in
+    metrics.json): four decimals ("0.9931", "0.0965", "3.1416"), so values line up and compare at
+    a glance; whole numbers as integers ("114"), large ones rounded to integers ("12346"), tiny
+    ones with an exponent ("1.235e-05"); None is "–", NaN is "NaN", infinities "inf"/"-inf".
     """
     if value is None:
         return MISSING
@@ -40,6 +40,8 @@ def fmt_number(value: float | None) -> str:
         return "inf" if value > 0 else "-inf"
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    if 1e4 <= abs(value) < 1e15:
+    if 1e3 <= abs(value) < 1e15:
         return str(round(value))
-    return f"{value:#.4g}".rstrip(".")  # "1234." -> "1234"
+    if abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4f}"
