@@ -423,6 +423,8 @@ def test_test_job_runs_the_suite_and_every_notebook(expanded: dict) -> None:
     assert "pytest tests " in script and "ruff check ." in script
     assert "pytest --nbmake notebooks/" in script
     assert ".ci/install-tools.sh" in script
+    # A project-wide OPTUNA_STORAGE is for the training jobs: the tests train in memory.
+    assert job["script"][0] == "unset OPTUNA_STORAGE OPTUNA_STUDY NBGATE_SHARD"
     assert job["artifacts"]["when"] == "always"
     assert job["artifacts"]["reports"]["junit"] == "test-reports/*.xml"
 
