@@ -270,3 +270,37 @@ def test_an_empty_selection_still_exits_5_and_a_bad_shard_is_a_usage_error(proje
     assert "--nbgate-shard: shard 3 does not exist in 1..2" in done.stderr
     done = run_pytest(project, *FAST, "--collect-only", env={"NBGATE_SHARD": "half"})
     assert done.returncode == 4 and "NBGATE_SHARD: 'half' is not K/N" in done.stderr
+
+
+def test_four_shards_together_are_the_unsharded_run(tmp_path: Path) -> None:
+    """Four shard runs, side by side, hold the same case ids and outcomes as one unsharded run
+    (what a merge of their reports starts from). One notebook fails; a GPU case is skipped on a
+    machine without a GPU."""
+    root = tmp_path / "four"
+    table = "[tool.nbgate.runners.cpu]\n[tool.nbgate.runners.gpu]\ngpu = true\n"
+    for i in range(5):
+        cell = f"from nbgate import record\nrecord('i', {i})"
+        if i == 4:
+            cell = "raise ValueError('broken')"
+        write_notebook(root / "notebooks" / f"m{i}.ipynb", [cell])
+        runners = '["cpu", "gpu"]' if i == 0 else '["cpu"]'  # gpu: skipped without a GPU
+        table += (f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/m{i}.ipynb"\n'
+                  f'kind = "train"\nrunners = {runners}\n')
+    write_pyproject(root, table)
+
+    def outcomes(folder: Path) -> dict[str, str]:
+        cases = json.loads((folder / "metrics.json").read_text())["cases"]
+        return {c["case_id"]: c["outcome"] for c in cases}
+
+    whole = run_pytest(root, *FAST)
+    assert whole.returncode == 1, whole.stdout + whole.stderr  # the broken notebook
+    unsharded = outcomes(root / "reports")
+    assert len(unsharded) == 6 and {"failed", "passed"} <= set(unsharded.values()), unsharded
+    combined: dict[str, str] = {}
+    for index in range(1, 5):
+        done = run_pytest(root, *FAST, "--nbgate-shard", f"{index}/4")
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        shard = outcomes(root / "reports" / f"shard-{index}-of-4")
+        assert not set(shard) & set(combined), "a case ran in two shards"
+        combined.update(shard)
+    assert combined == unsharded
