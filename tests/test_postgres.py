@@ -94,7 +94,10 @@ def test_two_training_jobs_at_once_fill_one_study(
     for index in (1, 2):
         root = example_copy(tmp_path / f"job{index}")
         env = {**clean_env(), "OPTUNA_STORAGE": url, "OPTUNA_STUDY": "shared-search",
-               "NBGATE_SHARD": "off", "CI_NODE_INDEX": str(index), "CI_NODE_TOTAL": "2"}
+               "NBGATE_SHARD": "off", "CI_NODE_INDEX": str(index), "CI_NODE_TOTAL": "2",
+               # Two jobs on one machine here, not two runners: xgboost's OpenMP threads of
+               # both would busy-wait on each other's cores.
+               "OMP_NUM_THREADS": "1"}
         # Both start before either is waited for: they open the study (and race to create
         # Optuna's tables in the empty database) and run their trials at the same time.
         jobs.append((root, start_pytest(root, env, "-m", "train and not gpu", "-v",
