@@ -54,6 +54,7 @@ class ShardRun:
     split: str = ""  # fingerprint of the whole split
     durations: str = ""  # where the durations came from
     notebook_cases: bool = False  # any declared notebook case among the selected ones
+    chosen_by: str = ""  # --nbgate-shard, NBGATE_SHARD or CI_NODE_INDEX/CI_NODE_TOTAL
 
     def describe(self) -> str:
         if not self.cases:
@@ -176,6 +177,7 @@ def pytest_collection_modifyitems(
         index=shard.index, total=shard.total, selected=len(items),
         cases=[_case_id(item) for item in kept], split=fingerprint(shard_of), durations=source,
         notebook_cases=any(isinstance(item, NotebookCase) for item in items),
+        chosen_by=state.origin,
     )
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -217,6 +217,7 @@ def test_ci_node_variables_pick_the_shard_with_no_flag(project: Path) -> None:
         assert f"{NOTEBOOKS - len(expected[index - 1])} deselected" in out
         shard = json.loads((project / "reports" / f"shard-{index}-of-2" / "shard.json").read_text())
         assert (shard["index"], shard["total"], shard["selected"]) == (index, 2, NOTEBOOKS)
+        assert shard["chosen_by"] == "CI_NODE_INDEX/CI_NODE_TOTAL"
         assert sorted(shard["cases"]) == sorted(expected[index - 1])
         runs.append(shard)
     assert runs[0]["split"] == runs[1]["split"]  # both jobs agreed on the split
