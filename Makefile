@@ -25,7 +25,8 @@ train: $(STAMP)
 score: $(STAMP)
 	$(VENV)/bin/pytest -m score -v -o verbosity_test_cases=2
 
-# Node 22 + gitlab-ci-local and rsync drive the CI-file tests (needs root for apt-get).
+# Node 22 + gitlab-ci-local and rsync drive the CI-file tests; PostgreSQL's server binaries the
+# shared-study and MLflow-on-PostgreSQL tests (needs root for apt-get).
 tools:
 	bash .ci/install-tools.sh
 

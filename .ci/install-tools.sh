@@ -2,7 +2,11 @@
 # Installs what tests/test_ci_file.py drives besides the Python venv:
 #   - rsync (Debian/Ubuntu package): gitlab-ci-local copies the checkout into its build folders with it;
 #   - Node 22 + gitlab-ci-local, from the npm registry, under .tools/ (the machine's Node may be
-#     older than the >= 22 that gitlab-ci-local 4.75 needs, so a private Node comes along).
+#     older than the >= 22 that gitlab-ci-local 4.75 needs, so a private Node comes along);
+#   - PostgreSQL's server (Debian/Ubuntu package `postgresql`): tests/test_postgres.py starts a
+#     throwaway cluster of its own on loopback (an Optuna study shared by two training processes,
+#     an MLflow server on PostgreSQL). Only the binaries are wanted: no default cluster is made,
+#     and nothing is started here. A fresh machine spends ~30 s on it (47 MB of packages).
 # Idempotent: when everything is already in place it only checks and exits (well under a second).
 # Meant to run as root (CI, the dev container); apt-get needs it, npm does not.
 set -euo pipefail
@@ -38,8 +42,22 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+have_postgres() {
+    # Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<version>/bin.
+    compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null
+}
+
 missing=()
 command -v rsync >/dev/null || missing+=(rsync)
+if ! have_postgres; then
+    # Read by postgresql-common when the package is configured: the tests make their own
+    # clusters, so the package's default one (a data folder and a server on port 5432) would
+    # only cost time. Not a dpkg conffile, so it never prompts on upgrades.
+    mkdir -p /etc/postgresql-common/createcluster.d 2>/dev/null \
+        && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/nbgate.conf \
+        || true
+    missing+=(postgresql)
+fi
 # npm is only needed to install gitlab-ci-local; any npm installs the private Node 22.
 if ! have_gcl && ! command -v npm >/dev/null; then
     missing+=(npm)
@@ -58,4 +76,11 @@ if ! have_gcl; then
     }
 fi
 
-echo "install-tools: rsync $(rsync --version | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'), node $("$BIN/node" --version), gitlab-ci-local $GCL_VERSION in $BIN"
+have_postgres || {
+    echo "install-tools: the postgresql package installed no pg_ctl (looked in /usr/lib/postgresql/*/bin and PATH)" >&2
+    exit 1
+}
+pg_bin="$(compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" | sort -V | tail -n 1 || true)"
+pg_bin="${pg_bin:-$(command -v pg_ctl)}"
+
+echo "install-tools: rsync $(rsync --version | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'), node $("$BIN/node" --version), gitlab-ci-local $GCL_VERSION in $BIN, $("$pg_bin" --version)"

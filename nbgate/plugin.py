@@ -149,6 +149,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("nbgate_reports")
         or (nbgate_config.reports if nbgate_config else root / "reports")
     ).resolve()
+    # --- sharding (nbgate/shard_plugin.py): a shard writes under <reports>/shard-K-of-N/ ---
+    from nbgate.shard_plugin import shard_reports
+
+    reports = shard_reports(config, reports)
+    # --- end sharding ---
     state = NbgateState(
         config=nbgate_config,
         root=root,

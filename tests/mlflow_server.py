@@ -38,14 +38,17 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` with a sqlite store and proxied artifacts under ``workdir``.
+    """``mlflow server`` with proxied artifacts under ``workdir`` and its runs in
+    ``backend_uri`` (a SQLAlchemy URL such as ``postgresql://...``; default: sqlite in
+    ``workdir``).
 
     ``start()`` returns at once; ``wait_ready()`` blocks until ``GET /health`` answers 200, so
     a session can boot the server while other tests run.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, backend_uri: str | None = None) -> None:
         self.workdir = workdir
+        self.backend_uri = backend_uri or f"sqlite:///{workdir / 'db.sqlite'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -68,7 +71,7 @@ class MlflowServer:
                     *command, "server",
                     "--host", "127.0.0.1",
                     "--port", str(self.port),
-                    "--backend-store-uri", f"sqlite:///{self.workdir / 'db.sqlite'}",
+                    "--backend-store-uri", self.backend_uri,
                     "--artifacts-destination", str(self.workdir / "artifacts"),
                     "--workers", "1",
                 ],

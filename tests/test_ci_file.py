@@ -4,7 +4,9 @@
 - gitlab-ci-local (a real local evaluator of .gitlab-ci.yml, installed by .ci/install-tools.sh)
   lists which jobs each situation creates: commit titles, schedules, image changes;
 - gitlab-ci-local runs the train jobs in this machine's shell against a small repository that
-  declares tiny notebooks, through the real pytest harness.
+  declares tiny notebooks, through the real pytest harness;
+- training as N parallel jobs (the train_shards input of .gitlab/ci/train-shards.yml): N jobs
+  listed, and N shard jobs that split the cases and still make one MR comment.
 
 Every run happens in a throwaway git repository in tmp_path, so gitlab-ci-local's state folder,
 reports and MLflow stores never land in the project.
@@ -12,6 +14,8 @@ reports and MLflow stores never land in the project.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -35,6 +39,7 @@ pytestmark = pytest.mark.ci_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_FILE = ROOT / ".gitlab-ci.yml"
+SHARDS_FILE = ROOT / ".gitlab" / "ci" / "train-shards.yml"  # included by CI_FILE
 DOCKERFILE = ROOT / "Dockerfile"
 # The venv running these tests holds check-jsonschema, hadolint and the pytest the jobs call.
 VENV_BIN = Path(sys.executable).parent
@@ -43,12 +48,22 @@ GCL = TOOLS_BIN / "gitlab-ci-local"
 
 TRAIN_TITLE = "train notebooks/training_example.ipynb"
 SCORE_TITLE = "score notebooks/scoring_example.ipynb"
+
+
+def parallel(job: str, total: int = 1) -> set[str]:
+    """gitlab-ci-local's names for the jobs of a `parallel: total` job (GitLab's: "<job> K/N").
+    The training jobs are parallel jobs, one of them unless train_shards says more."""
+    return {f"{job}: [{index}/{total}]" for index in range(1, total + 1)}
+
+
 TEST = {"test"}
 # One job name per runner whether a branch push or a default-branch schedule trains: GitLab's
 # test widget compares suites by job name with the target branch.
-TRAIN_COMMIT = {"train-cpu", "train-gpu", "publish-mr", "publish-artifacts"}
+TRAIN_CPU = parallel("train-cpu")
+TRAIN_GPU = parallel("train-gpu")
+TRAIN_COMMIT = TRAIN_CPU | TRAIN_GPU | {"publish-mr", "publish-artifacts"}
 SCORE_COMMIT = {"score", "publish-mr"}
-TRAIN_SCHEDULE = {"train-cpu", "train-gpu", "publish-wiki", "publish-artifacts"}
+TRAIN_SCHEDULE = TRAIN_CPU | TRAIN_GPU | {"publish-wiki", "publish-artifacts"}
 SCORE_SCHEDULE = {"score", "publish-wiki"}
 PROMOTE = {"promote-model"}
 BUILD = {"build-ds-image"}
@@ -128,8 +143,8 @@ def make_repo(path: Path, files: dict[str, str | Path], *, branch: str = "featur
 
 
 def ci_files() -> dict[str, str | Path]:
-    return {".gitlab-ci.yml": CI_FILE, "Dockerfile": DOCKERFILE,
-            "requirements.txt": ROOT / "requirements.txt"}
+    return {".gitlab-ci.yml": CI_FILE, ".gitlab/ci/train-shards.yml": SHARDS_FILE,
+            "Dockerfile": DOCKERFILE, "requirements.txt": ROOT / "requirements.txt"}
 
 
 def run_gcl(gcl: str, repo: Path, *args: str, variables: dict[str, str] | None = None,
@@ -155,6 +170,29 @@ def test_ci_file_validates_against_gitlab_schema(tmp_path: Path) -> None:
     done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
                            str(broken)], check=False, capture_output=True, text=True)
     assert done.returncode != 0
+
+
+def test_train_shards_file_validates_against_gitlab_schema(tmp_path: Path) -> None:
+    """The included file has a spec header and the jobs, as two YAML documents: check-jsonschema
+    reads one document a file, so each is checked on its own, the input filled in."""
+    header, body = SHARDS_FILE.read_text().split("\n---\n")
+    inputs = yaml.safe_load(header)["spec"]["inputs"]
+    assert inputs["train_shards"]["type"] == "number" and inputs["train_shards"]["default"] == 1
+    assert yaml.safe_load(body) == {".train-shards": {"parallel": "$[[ inputs.train_shards ]]"}}
+    # .gitlab-ci.yml includes it with the one number to change.
+    (include,) = yaml.safe_load(CI_FILE.read_text())["include"]
+    assert include == {"local": ".gitlab/ci/train-shards.yml", "inputs": {"train_shards": 1}}
+    # The schema leaves hidden (.name) jobs alone: the template is also checked as a real job.
+    probe = body.replace(".train-shards:", 'train-probe:\n  script: ["true"]')
+    checked = {"header.yml": header, "jobs.yml": body.replace("$[[ inputs.train_shards ]]", "4"),
+               "probe-4.yml": probe.replace("$[[ inputs.train_shards ]]", "4"),
+               "probe-0.yml": probe.replace("$[[ inputs.train_shards ]]", "0")}
+    for name, text in checked.items():
+        (tmp_path / name).write_text(text)
+        done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                               str(tmp_path / name)], check=False, capture_output=True, text=True)
+        # parallel must be 1..200: the schema check means something.
+        assert (done.returncode == 0) == (name != "probe-0.yml"), (name, done.stdout + done.stderr)
 
 
 def test_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
@@ -233,7 +271,7 @@ SITUATIONS = [
      TEST | TRAIN_COMMIT),
     ("train-title-gpu-runner-off", "plain",
      {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "TRAIN_GPU_RUNNER": "none"},
-     TEST | TRAIN_COMMIT - {"train-gpu"}),
+     TEST | TRAIN_COMMIT - TRAIN_GPU),
     ("score-title", "plain", {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}, TEST | SCORE_COMMIT),
     ("ordinary-message", "plain", {**PUSH, "CI_COMMIT_MESSAGE": "Fix typo in the README"}, TEST),
     ("trigger-only-in-body", "plain",
@@ -248,7 +286,7 @@ SITUATIONS = [
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb"}, TRAIN_SCHEDULE),
     ("schedule-training-notebook-gpu-off", "plain",
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
-      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - {"train-gpu"}),
+      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - TRAIN_GPU),
     ("schedule-scoring-notebook-train-title-at-head", "plain",
      {**SCHEDULE, "SCORING_NOTEBOOK": "notebooks/scoring_example.ipynb",
       "CI_COMMIT_MESSAGE": TRAIN_TITLE}, SCORE_SCHEDULE),
@@ -285,6 +323,28 @@ SITUATIONS = [
 def test_jobs_for_each_situation(gcl: str, repos: dict[str, Path], repo: str,
                                  variables: dict[str, str], jobs: set[str]) -> None:
     assert listed(gcl, repos[repo], variables) == jobs
+
+
+def with_train_shards(count: int) -> str:
+    """The CI file as a user asks for ``count`` parallel training jobs: the one documented number
+    in .gitlab-ci.yml (GitLab does not expand variables in `parallel:`)."""
+    text, changed = re.subn(r"(?m)^(\s+train_shards:) 1\b", rf"\g<1> {count}",
+                            CI_FILE.read_text())
+    assert changed == 1, "the include sets train_shards once"
+    return text
+
+
+def test_train_shards_makes_n_training_jobs(gcl: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "shards", {**ci_files(), ".gitlab-ci.yml": with_train_shards(3)})
+    cpu, gpu = parallel("train-cpu", 3), parallel("train-gpu", 3)
+    assert len(cpu | gpu) == 6
+    assert listed(gcl, repo, {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE}) == (
+        TEST | cpu | gpu | {"publish-mr", "publish-artifacts"})
+    assert listed(gcl, repo, {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
+                              "TRAIN_GPU_RUNNER": "none"}) == (
+        parallel("train-cpu", 3) | {"publish-wiki", "publish-artifacts"})
+    # Scoring stays one job.
+    assert listed(gcl, repo, {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}) == TEST | SCORE_COMMIT
 
 
 def test_workflow_runs_branch_pipelines_only(gcl: str, tmp_path: Path) -> None:
@@ -371,6 +431,8 @@ def test_test_job_runs_the_suite_and_every_notebook(expanded: dict) -> None:
     assert "pytest tests " in script and "ruff check ." in script
     assert "pytest --nbmake notebooks/" in script
     assert ".ci/install-tools.sh" in script
+    # A project-wide OPTUNA_STORAGE is for the training jobs: the tests train in memory.
+    assert job["script"][0] == "unset OPTUNA_STORAGE OPTUNA_STUDY NBGATE_SHARD"
     assert job["artifacts"]["when"] == "always"
     assert job["artifacts"]["reports"]["junit"] == "test-reports/*.xml"
 
@@ -436,7 +498,11 @@ def run_job(
 
 
 def artifacts_of(repo: Path, job: str) -> Path:
-    return repo / ".gitlab-ci-local" / "artifacts" / job
+    """gitlab-ci-local's artifacts folder of a job; it base64-encodes each run of characters
+    other than letters, digits, _ and - ("train-cpu: [1/2]" -> "train-cpuOiBb1Lw2XQ")."""
+    folder = re.sub(r"[^\w-]+",
+                    lambda m: base64.b64encode(m.group().encode()).decode().rstrip("="), job)
+    return repo / ".gitlab-ci-local" / "artifacts" / folder
 
 
 def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
@@ -459,7 +525,8 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert "other_train" not in ran
     assert "train[gpu]" not in ran  # deselected by -m in the CPU job, not skipped
 
-    artifacts = artifacts_of(repo, "train-cpu")
+    (job,) = TRAIN_CPU
+    artifacts = artifacts_of(repo, job)
     # The CPU runner's parameters reached the notebook, and its declared output is kept.
     assert (artifacts / "models" / "tiny.txt").read_text() == "cpu"
     executed = sorted(p.name for p in (artifacts / "reports" / "notebooks").glob("*.ipynb"))
@@ -497,7 +564,8 @@ def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path])
     if visible_cuda_devices():
         assert done.returncode == 0, log
         assert "notebooks/tiny_train.ipynb::train[gpu] PASSED" in log
-        artifacts = artifacts_of(repo, "train-gpu")
+        (job,) = TRAIN_GPU
+        artifacts = artifacts_of(repo, job)
         assert (artifacts / "models" / "tiny.txt").read_text() == "cuda"
     else:
         # NBGATE_REQUIRE_GPU=1 on the GPU job: a runner without a GPU fails, it does not skip.
@@ -545,3 +613,58 @@ def test_scheduled_training_job_selects_by_training_notebook(
     assert done.returncode != 0, log
     assert "schedule variable TRAINING_NOTEBOOK: 'notebooks/gone.ipynb' does not exist" in log
     assert "PASSED" not in log
+
+
+SHARD_PYPROJECT = "[tool.nbgate.runners.cpu]\n" + "".join(
+    f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/{name}.ipynb"\nkind = "train"\n'
+    'thresholds = { accuracy = ">= 0.5" }\n' for name in ("alpha", "beta", "gamma"))
+
+
+def test_sharded_train_jobs_split_the_cases_and_make_one_comment(
+    gcl: str, tmp_path: Path, gitlab_standin: GitLabStandIn
+) -> None:
+    """train_shards: 2 and a title naming three notebooks: two CPU jobs, each running its own
+    share (from CI_NODE_INDEX/CI_NODE_TOTAL, no flag), each keeping its reports under its own
+    name; the notify job then posts one comment with all three cases."""
+    names = ("alpha", "beta", "gamma")
+    title = "train " + " ".join(f"notebooks/{n}.ipynb" for n in names)
+    repo = tmp_path / "sharded"
+    make_repo(repo, {**ci_files(), ".gitlab-ci.yml": with_train_shards(2)}, message=title)
+    for name in names:
+        write_notebook(repo / "notebooks" / f"{name}.ipynb",
+                       ["from nbgate import record\nrecord('accuracy', 0.9)"])
+    write_pyproject(repo, SHARD_PYPROJECT)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--amend", "-m", title)
+    gitlab_standin.add_merge_request(7, source_branch="feature", sha=git(repo, "rev-parse", "HEAD"))
+    done = run_job(gcl, repo, ["train-cpu", "publish-mr"], {
+        "CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push",
+        "CI_API_V4_URL": gitlab_standin.api_url, "CI_PROJECT_ID": str(gitlab_standin.project_id),
+        "REPO_TOKEN": gitlab_standin.private_token})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+
+    ran: dict[int, list[str]] = {}
+    splits = set()
+    for index in (1, 2):
+        artifacts = artifacts_of(repo, f"train-cpu: [{index}/2]")
+        shard = artifacts / "reports" / f"shard-{index}-of-2"
+        info = json.loads((shard / "shard.json").read_text())
+        assert (info["index"], info["total"], info["selected"]) == (index, 2, 3)
+        splits.add(info["split"])
+        metrics = json.loads((shard / "metrics.json").read_text())
+        ran[index] = [case["id"] for case in metrics["cases"]]
+        assert sorted(ran[index]) == sorted(info["cases"])
+        assert f"nbgate: shard {index}/2 runs {len(ran[index])} of 3 selected cases" in log
+        # The job's own copy for the notify jobs, and GitLab's widgets' files one level up.
+        own = artifacts / "nbgate-jobs" / f"train-cpu-{index}-of-2"
+        assert (own / "metrics.json").read_bytes() == (shard / "metrics.json").read_bytes()
+        assert (artifacts / "reports" / "junit.xml").read_bytes() == (
+            shard / "junit.xml").read_bytes()
+    assert len(splits) == 1, "both jobs computed the same split"
+    assert ran[1] and ran[2] and not set(ran[1]) & set(ran[2])
+    assert sorted(ran[1] + ran[2]) == sorted(f"notebooks/{n}.ipynb::train[cpu]" for n in names)
+
+    notes = gitlab_standin.notes(7)
+    assert len(notes) == 1, [n.body[:200] for n in notes]
+    assert all(name in notes[0].body for name in names), notes[0].body
