@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.nbgate-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install tools train score test lint bench lock clean
+.PHONY: install tools train score test lint bench lock mlflow clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ train: $(STAMP)
 
 score: $(STAMP)
 	$(VENV)/bin/pytest -m score -v -o verbosity_test_cases=2
+
+# The MLflow UI on the local store `make train` logged to (http://127.0.0.1:5000).
+mlflow: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 # Node 22 + gitlab-ci-local and rsync drive the CI-file tests; PostgreSQL's server binaries the
 # shared-study and MLflow-on-PostgreSQL tests (needs root for apt-get).

@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder to write into (default: <reports>/baseline)")
     baseline.set_defaults(handler=_fetch_baseline)
 
+    merge = commands.add_parser(
+        "merge-reports", parents=[common],
+        help="merge the reports of several jobs (shards, CPU and GPU) into one set",
+        description="Write one metrics.json, metrics.txt, junit.xml and summary.md for every "
+        "case in the given reports folders (e.g. nbgate-jobs/, one folder per job or shard), "
+        "and name the shards that left no reports.")
+    merge.add_argument("--reports", type=Path, action="append", required=True, metavar="DIR",
+                       help="a reports folder or a folder of job folders; repeatable")
+    merge.add_argument("--into", type=Path, required=True, metavar="DIR",
+                       help="where to write the merged reports")
+    merge.set_defaults(handler=_merge_reports)
+
     cases = commands.add_parser(
         "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
         description="Validate [tool.nbgate] and list every declared case with its marks, "
@@ -224,6 +236,25 @@ def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         dest = args.dest or _reports(argparse.Namespace(reports=None), config)[0] / "baseline"
         notebooks = [p.notebook for p in config.pipelines] if config is not None else []
         fetch_baseline(dict(env), notebooks, dest, echo=echo)
+
+    return _run(args, env, body)
+
+
+def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.reports_folder import load_reports
+        from reporting.shards import merge_reports, missing_shards
+
+        runs = load_reports(args.reports)
+        written = merge_reports(runs, args.into, _root(config))
+        cases = {r.case_id for run in runs for r in run.results}
+        echo(f"merged {len(cases)} case(s) from {len(runs)} report(s) into "
+             f"{display_path(args.into)}: " + ", ".join(p.name for p in written.files))
+        for line in written.errors:
+            echo(f"could not write {line}")
+        missing = missing_shards(args.reports)
+        if missing:
+            echo(f"missing shards (their job left no reports): {', '.join(missing)}")
 
     return _run(args, env, body)
 

@@ -149,11 +149,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("nbgate_reports")
         or (nbgate_config.reports if nbgate_config else root / "reports")
     ).resolve()
-    # --- sharding (nbgate/shard_plugin.py): a shard writes under <reports>/shard-K-of-N/ ---
-    from nbgate.shard_plugin import shard_reports
+    # A shard writes under <reports>/shard-K-of-N/ (nbgate/shard_plugin.py).
+    from nbgate.shard_plugin import active_shard, shard_reports
 
     reports = shard_reports(config, reports)
-    # --- end sharding ---
+    shard = active_shard(config)
     state = NbgateState(
         config=nbgate_config,
         root=root,
@@ -167,7 +167,8 @@ def pytest_configure(config: pytest.Config) -> None:
     baseline_problem = _load_baselines(config, state)
     if not hasattr(config, "workerinput"):  # xdist workers hand their results to the controller
         gathered = config.stash[session_key] = SessionResults(
-            root, reports, baselines=state.baselines, baseline_problem=baseline_problem)
+            root, reports, baselines=state.baselines, baseline_problem=baseline_problem,
+            shard=(shard.index, shard.total) if shard else None)
         config.pluginmanager.register(ResultGatherer(gathered), "nbgate-results")
     config.addinivalue_line("markers", "train: a declared training notebook case (nbgate)")
     config.addinivalue_line("markers", "score: a declared scoring notebook case (nbgate)")

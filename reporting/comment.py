@@ -74,6 +74,7 @@ class CommentData:
     cases: list[CommentCase]
     baselines: list[BaselineInfo] = field(default_factory=list)  # distinct, in case order
     no_baseline: str | None = None  # why cases have no baseline, said once
+    missing: list[str] = field(default_factory=list)  # shards that left no reports
 
 
 # -- the hidden state ------------------------------------------------------------------------
@@ -195,6 +196,10 @@ def render_comment(data: CommentData) -> str:
     results = [c.result for c in data.cases]
     comparison = comparison_of(data.cases)
     parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
+    if data.missing:
+        parts.append(f"⚠️ **Missing {'shard' if len(data.missing) == 1 else 'shards'}: "
+                     f"{md_cell(', '.join(data.missing))}** — the job failed or was cancelled "
+                     "before keeping its reports, so its cases are not in this comment.")
     shown = _table_rows(results)
     labels = case_labels(results)
     if results:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -467,6 +468,16 @@ def rule_checks_text(
 _SQLITE = "sqlite:///"
 
 
+def _here(cwd: Path, command: str) -> str:
+    """``command`` as it runs from ``cwd`` in a fresh shell: the environment's own copy
+    (``.venv/bin/mlflow``), since a shell without the environment activated finds none."""
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / command).exists():
+        shown = display_path(bin_dir / command, cwd)
+        return shown if "/" in shown else f"./{shown}"
+    return command
+
+
 def mlflow_hint(results: Sequence[CaseResult], cwd: Path) -> str | None:
     """How to look at the cases' MLflow runs: the ``mlflow ui`` command for a local store,
     the first run's URL for a server; None when no result was tracked."""
@@ -478,7 +489,7 @@ def mlflow_hint(results: Sequence[CaseResult], cwd: Path) -> str | None:
         if uri.startswith(_SQLITE):
             db = Path(uri[len(_SQLITE):])
             shown = display_path(db, cwd) if db.is_absolute() else db.as_posix()
-            return f"mlflow ui --backend-store-uri {_SQLITE}{shown}"
+            return f"{_here(cwd, 'mlflow')} ui --backend-store-uri {_SQLITE}{shown}"
     for tracking in tracked:
         if tracking.url:
             return tracking.url

@@ -45,6 +45,7 @@ from reporting.reports_folder import (
     results_of_kind,
     run_context,
 )
+from reporting.shards import missing_shards
 
 Echo = Callable[[str], None]
 WHAT = "the merge request comment"
@@ -69,8 +70,8 @@ def publish_mr(
     """
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
+    runs = load_reports(folders)  # a missing folder is exit 2, in CI or not, dry run or not
     session = connect_unless_dry_run(env, WHAT, write=True, dry_run=dry_run, echo=echo)
-    runs = load_reports(folders)
     kinds = kinds_to_publish(runs, kind, folders, "nothing to post")
     if session is not None:
         session.user_id()  # a bad token fails here, on GET /user, before any other work
@@ -88,6 +89,7 @@ def publish_mr(
             echo(f"no {k} cases in the reports: no {k} comment")
             continue
         data = comment_data(k, runs, env_ctx, lookup)
+        data.missing = missing_shards(folders)
         if dry_run or session is None or iid is None:  # (the last two only in a dry run)
             _show(session, iid, data, runs, root, echo, scrub)
         else:

@@ -225,10 +225,10 @@ def publish_wiki(
     """Add this run's rows to the history page of each kind in the reports."""
     settings = settings or WikiSettings()
     env_ctx = CIContext.from_env(env)
+    runs = load_reports(folders)  # a missing folder is exit 2, in CI or not, dry run or not
     session = connect_unless_dry_run(
         env, "the wiki history", write=True, dry_run=dry_run, echo=echo
     )
-    runs = load_reports(folders)
     kinds = kinds_to_publish(runs, kind, folders, "nothing to add to the wiki")
     for k in kinds:
         title = settings.train_title if k == "train" else settings.score_title

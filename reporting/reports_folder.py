@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbgate.contract.ci_context import CIContext
@@ -22,6 +22,8 @@ class RunReports:
     pipeline: CIContext
     results: list[CaseResult]
     generated_at: str | None = None  # "2026-11-27T06:00:00Z"
+    interrupted: bool = False
+    not_run: list[str] = field(default_factory=list)
 
 
 def load_reports(folders: Sequence[Path]) -> list[RunReports]:
@@ -57,7 +59,8 @@ def _read_run(path: Path) -> RunReports:
         read = read_metrics(document, str(path))
     except ResultsFileError as exc:
         raise PublishUsageError(str(exc)) from None
-    return RunReports(path.parent, read.pipeline, read.cases, read.generated_at)
+    return RunReports(path.parent, read.pipeline, read.cases, read.generated_at,
+                      read.interrupted, read.not_run)
 
 
 def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:

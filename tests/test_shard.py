@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nbproject import run_pytest, write_notebook, write_pyproject
 
+from nbgate.cli import main as nbgate_main
 from nbgate.contract.model import CaseResult
 from nbgate.shard import (
     Shard,
@@ -21,6 +23,8 @@ from nbgate.shard import (
     shard_from,
     split,
 )
+from reporting.publish_mr import publish_mr
+from reporting.shards import missing_shards
 from tests.builders import build_metrics, write_metrics_json
 
 # -- the setting ------------------------------------------------------------------------------
@@ -305,3 +309,33 @@ def test_four_shards_together_are_the_unsharded_run(tmp_path: Path) -> None:
         assert not set(shard) & set(combined), "a case ran in two shards"
         combined.update(shard)
     assert combined == unsharded
+
+    # The publish jobs merge the shards' reports into one set: the same cases and outcomes.
+    shards = [str(root / "reports" / f"shard-{i}-of-4") for i in range(1, 5)]
+    merged = tmp_path / "merged"
+    code = nbgate_main(["merge-reports", *(a for s in shards for a in ("--reports", s)),
+                        "--into", str(merged), "--pyproject", str(root / "pyproject.toml")], {})
+    assert code == 0
+    assert outcomes(merged) == unsharded
+    document = json.loads((merged / "metrics.json").read_text())
+    assert document["shard"] is None  # the merged set is the whole run
+    assert {line.split(".i ")[0] for line in (merged / "metrics.txt").read_text().splitlines()}
+    assert len(list(ET.parse(merged / "junit.xml").getroot().iter("testcase"))) == 6
+    for i in range(1, 5):  # each shard recorded which shard it was
+        shard_doc = json.loads((root / "reports" / f"shard-{i}-of-4" / "metrics.json").read_text())
+        assert shard_doc["shard"] == {"index": i, "total": 4}
+
+
+def test_a_missing_shard_is_named_never_silently_dropped(tmp_path: Path) -> None:
+    jobs = tmp_path / "nbgate-jobs"
+    results = {i: [CaseResult(f"notebooks/n{i}.ipynb::train[cpu]", f"notebooks/n{i}.ipynb",
+                              "train", "cpu", "passed", 1.0)] for i in (1, 3)}
+    for i, cases in results.items():
+        write_metrics_json(jobs / f"train-cpu-{i}-of-3" / "metrics.json", build_metrics(cases))
+    (jobs / "train-gpu-1-of-1").mkdir()
+    (jobs / "train-gpu-1-of-1" / "shard.json").write_text("{}")  # an empty shard is present
+    assert missing_shards([jobs]) == ["train-cpu 2/3"]
+    out: list[str] = []
+    publish_mr([jobs], {}, dry_run=True, echo=out.append, root=tmp_path)
+    body = "\n".join(out)
+    assert "⚠️ **Missing shard: train-cpu 2/3** — the job failed or was cancelled" in body
