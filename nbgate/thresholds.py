@@ -41,12 +41,18 @@ class Threshold:
                 self.metric, self.rule, None, False, f"not recorded (recorded: {recorded})"
             )
         value = metrics[self.metric]
-        if math.isnan(value):
-            return ThresholdCheck(self.metric, self.rule, value, False, "is NaN")
+        if not math.isfinite(value):
+            # inf passes ">= 0" and NaN compares false either way; neither is a measurement.
+            return ThresholdCheck(self.metric, self.rule, value, False, not_finite(value))
         if OPERATORS[self.op](value, self.bound):
             return ThresholdCheck(self.metric, self.rule, value, True)
         reason = f"{value:.6g} {_NEGATION[self.op]} {self.bound:g}"
         return ThresholdCheck(self.metric, self.rule, value, False, reason)
+
+
+def not_finite(value: float) -> str:
+    """Why a recorded NaN or infinity fails: "is not finite (inf)"."""
+    return f"is not finite ({value!r})"
 
 
 def parse_rule(metric: str, text: object) -> Threshold:
