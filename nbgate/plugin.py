@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from nbgate.result import CaseResult, Failure
 from nbgate.thresholds import parse_rule
 
 RESULTS_ATTRIBUTE = "nbgate_results"  # on call-phase reports; survives xdist serialisation
+SESSION_KEY = "nbgate_session"  # in xdist's workerinput: the controller's session id
 
 
 @dataclass
@@ -39,6 +41,7 @@ class NbgateState:
     in_ci: bool
     cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
+    session_id: str = ""  # one per pytest session; xdist workers share the controller's
 
     def spec_for(self, case: Case) -> CaseSpec:
         assert self.config is not None
@@ -49,7 +52,8 @@ class NbgateState:
             kind=pipeline.kind,
             runner=case.runner.name,
             slug=case.slug,
-            parameters=self.config.parameters_for(case, self.in_ci),
+            parameters=pipeline.parameters,
+            shared_parameters=self.config.parameter_sources(case, self.in_ci)[1:],
             thresholds=pipeline.thresholds,
             timeout=pipeline.timeout,
             outputs=pipeline.outputs,
@@ -120,13 +124,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("nbgate_reports")
         or (nbgate_config.reports if nbgate_config else root / "reports")
     ).resolve()
+    # xdist workers write their cases' files under the controller's session id, so only the
+    # session's first file clears the previous run's notebooks and figures (report_files.py).
+    session_id = getattr(config, "workerinput", {}).get(SESSION_KEY) or uuid.uuid4().hex
     state = NbgateState(
         config=nbgate_config,
         root=root,
         reports=reports,
-        runner=CaseRunner(root, reports, config.hook),
+        runner=CaseRunner(root, reports, config.hook, session_id),
         require_gpu=config.getoption("nbgate_require_gpu"),
         in_ci=bool(os.environ.get("CI")),
+        session_id=session_id,
     )
     config.stash[state_key] = state
     config.addinivalue_line("markers", "train: a declared training notebook case (nbgate)")
@@ -145,6 +153,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.is_blocked(PLUGIN_NAME):
         config.pluginmanager.register(Tracker(root, nbgate_config.tracking_optional), PLUGIN_NAME)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: hand the session id to the worker being started."""
+    node.workerinput[SESSION_KEY] = get_state(node.config).session_id
 
 
 def _commit_selection(config: pytest.Config, nbgate_config: NbgateConfig) -> CommitSelection | None:
@@ -352,6 +366,7 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             runner=runner,
             slug=slugify(case_id.replace("::", "-")),
             parameters=parameters or {},
+            parameters_from="run_notebook",
             thresholds=rules,
             timeout=timeout or (state.config.timeout if state.config else DEFAULT_TIMEOUT),
         )
