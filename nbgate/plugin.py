@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from nbgate import hookspecs
+from nbgate import hookspecs, interrupt
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
@@ -124,6 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("nbgate_reports")
         or (nbgate_config.reports if nbgate_config else root / "reports")
     ).resolve()
+    interrupt.install(config)  # SIGTERM (a cancelled CI job) ends the session like Ctrl-C
     # xdist workers write their cases' files under the controller's session id, so only the
     # session's first file clears the previous run's notebooks and figures (report_files.py).
     session_id = getattr(config, "workerinput", {}).get(SESSION_KEY) or uuid.uuid4().hex
