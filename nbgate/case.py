@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nbgate.case_files import ReportFiles
+from nbgate.config import ParameterSource
 from nbgate.contract.model import CaseResult, Failure, Threshold, ThresholdCheck
 from nbgate.contract.redact import Redactor
-from nbgate.execute import RunRequest, execute
+from nbgate.execute import RunRequest, execute, prepare
 from nbgate.kernels import KernelPool, kernel_environment
-from nbgate.thresholds import evaluate
+from nbgate.thresholds import evaluate, not_finite
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,12 @@ class CaseSpec:
     kind: str
     runner: str
     slug: str  # file-name-safe, unique per case
+    # The parameters the notebook must define (the pipeline's, or run_notebook's). Hooks see
+    # the spec of the running case (CaseRun.spec), where this is exactly what was injected.
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters_from: str = "pipeline"  # where ``parameters`` come from, for messages
+    # Runner and CI parameters, injected only where the notebook defines them.
+    shared_parameters: tuple[ParameterSource, ...] = ()
     thresholds: tuple[Threshold, ...] = ()
     baseline: Mapping[str, float] | None = None  # production's metrics for baseline rules
     require_baseline: bool = False  # an unchecked baseline rule fails
@@ -33,6 +42,11 @@ class CaseSpec:
     outputs: tuple[str, ...] = ()
     experiment: str | None = None
     version: str | None = None
+
+    def parameter_sources(self) -> tuple[ParameterSource, ...]:
+        """Every source in precedence order (later ones win)."""
+        required = ParameterSource(self.parameters_from, self.parameters, required=True)
+        return (required, *self.shared_parameters)
 
 
 @dataclass
@@ -65,10 +79,19 @@ def slugify(text: str) -> str:
 class CaseRunner:
     """Runs cases on a shared kernel pool; one per pytest process."""
 
-    def __init__(self, root: Path, reports: Path, hook: Any | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        reports: Path,
+        hook: Any | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        """``session_id``: the same in every process of one pytest session (xdist workers
+        get the controller's), so only the session's first file clears older reports."""
         self.root = root
         self.reports = reports
         self.hook = hook
+        self.files = ReportFiles(reports, session_id or uuid.uuid4().hex)
         self._pool: KernelPool | None = None
 
     @property
@@ -95,24 +118,32 @@ class CaseRunner:
             self._pool = None
 
     def run(self, spec: CaseSpec, prestart_next: Callable[[], None] | None = None) -> CaseResult:
-        run = CaseRun(spec, self.root, self.reports)
+        kernel_env = self.kernel_env()
+        request = RunRequest(
+            notebook=self.root / spec.notebook,
+            label=spec.notebook,
+            parameter_sources=spec.parameter_sources(),
+            cwd=self.root,
+            timeout=spec.timeout,
+            kernel_env=kernel_env,
+        )
+        # Read first, so hooks (MLflow params) see what is injected, not what could have been.
+        prepared = prepare(request)
+        run = CaseRun(
+            replace(spec, parameters=prepared.parameters, shared_parameters=()),
+            self.root,
+            self.reports,
+            case_env=dict(request.case_env),
+        )
+        request.case_env = run.case_env  # what hooks add reaches the kernel
         if self.hook is not None:
             self.hook.pytest_nbgate_case_start(run=run)
-        kernel_env = self.kernel_env()
         redactor = Redactor({**kernel_env, **run.case_env})
-        execution = execute(
-            RunRequest(
-                notebook=self.root / spec.notebook,
-                label=spec.notebook,
-                parameters=dict(spec.parameters),
-                cwd=self.root,
-                timeout=spec.timeout,
-                kernel_env=kernel_env,
-                case_env=run.case_env,
-            ),
-            self.pool,
-            prestart_next,
-        )
+        execution = execute(request, self.pool, prestart_next, prepared)
+        recorded = execution.recorded
+        # A secret can be a metric or figure name too; names are masked before anything
+        # (reports, file names, MLflow) uses them.
+        metrics = {redactor.name(name): value for name, value in recorded.metrics.items()}
         result = CaseResult(
             case_id=spec.case_id,
             notebook=spec.notebook,
@@ -120,16 +151,17 @@ class CaseRunner:
             runner=spec.runner,
             outcome="failed",
             duration_s=round(execution.duration_s, 3),
-            parameters=redactor.deep(dict(spec.parameters)),
-            metrics=execution.recorded.metrics,
+            parameters=redactor.deep(dict(prepared.parameters)),
+            metrics=metrics,
         )
         if execution.nb is not None:
-            run.executed_notebook = self._write_notebook(spec, redactor.deep(execution.nb))
+            run.executed_notebook = self._write_notebook(spec, redactor.notebook(execution.nb))
             result.executed_notebook = self._relative(run.executed_notebook)
-        result.figures = self._write_figures(spec, execution.recorded.figures)
+        figures = {redactor.name(name): png for name, png in recorded.figures.items()}
+        result.figures = self._write_figures(spec, figures)
         result.thresholds = evaluate(spec.thresholds, result.metrics, spec.baseline,
                                      spec.require_baseline)
-        result.failure = execution.failure or _threshold_failure(result.thresholds)
+        result.failure = execution.failure or _threshold_failure(result.thresholds, metrics)
         if result.failure is not None:
             result.failure = Failure(**redactor.deep(vars(result.failure)))
         result.outcome = "failed" if result.failure else "passed"
@@ -147,24 +179,36 @@ class CaseRunner:
     def _write_notebook(self, spec: CaseSpec, nb: Any) -> Path:
         import nbformat
 
-        path = self.reports / "notebooks" / f"{spec.slug}.ipynb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, str(path))
-        return path
+        text = nbformat.writes(nb, version=nbformat.NO_CONVERT)
+        return self.files.write(f"notebooks/{spec.slug}.ipynb", text.encode("utf-8"))
 
     def _write_figures(self, spec: CaseSpec, figures: Mapping[str, bytes]) -> dict[str, str]:
         written = {}
         for name, png in figures.items():
-            path = self.reports / "figures" / f"{spec.slug}-{slugify(name)}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(png)
+            path = self.files.write(f"figures/{spec.slug}-{slugify(name)}.png", png)
             written[name] = self._relative(path)
         return written
 
 
-def _threshold_failure(checks: list[ThresholdCheck]) -> Failure | None:
+def _threshold_failure(
+    checks: list[ThresholdCheck], metrics: Mapping[str, float]
+) -> Failure | None:
+    """Violated rules, and recorded metrics that are NaN or infinite even without a rule:
+    such a value is no measurement, and reports can only show it as null."""
     violated = [c for c in checks if not c.passed]
-    if not violated:
+    ruled = {c.metric for c in checks}
+    not_finite_metrics = [
+        f"{name} {not_finite(value)}"
+        for name, value in metrics.items()
+        if name not in ruled and not math.isfinite(value)
+    ]
+    if not violated and not not_finite_metrics:
         return None
     # The rule and the gap in the headline itself: a reviewer sees how it failed without a click.
-    return Failure(kind="thresholds", message="; ".join(f"{c.metric} {c.reason}" for c in violated))
+    parts = [f"{c.metric} {c.reason}" for c in violated]
+    if not_finite_metrics:
+        noun = "metric" if len(not_finite_metrics) == 1 else "metrics"
+        parts.append(
+            f"{len(not_finite_metrics)} {noun} not finite: " + "; ".join(not_finite_metrics)
+        )
+    return Failure(kind="thresholds", message="; ".join(parts))

@@ -2,15 +2,20 @@
 
 A title ``train <path> [<path>...]`` / ``score <path> [...]`` keeps only those notebooks' cases of
 that kind; a scheduled pipeline does the same from ``TRAINING_NOTEBOOK`` / ``SCORING_NOTEBOOK``.
+Paths are separated by spaces and quoted like in a POSIX shell, so a path containing spaces is
+written ``train "notebooks/my model.ipynb"`` (or ``train notebooks/my\\ model.ipynb``).
 The title comes from a developer's commit and reaches CI unchecked, so every path is treated as
 hostile: it must name a declared pipeline of that kind inside the repository, or the run stops
-with a usage error that lists what is declared. Pure logic: the pytest plugin does the wiring.
+with a usage error that lists what is declared. Whatever the title holds (a path longer than the
+file system allows, a NUL byte, undecodable bytes, terminal escapes), the answer is a selection or
+a usage error. Pure logic: the pytest plugin does the wiring.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,6 +28,8 @@ from nbgate.contract.model import KINDS
 _TRIGGER = re.compile(r"^(train|score)[ \t]+(\S.*)$")
 _SCHEDULE_VARIABLES = {"train": "TRAINING_NOTEBOOK", "score": "SCORING_NOTEBOOK"}
 _TITLE_SHOWN = 80
+_PATH_SHOWN = 100
+_PROBLEMS_SHOWN = 10
 
 
 class SelectionError(Exception):
@@ -82,8 +89,19 @@ def selection_for(
     match = _TRIGGER.match(title)
     if match is None:
         return CommitSelection(None, (), source)
-    kind, paths = match.group(1), match.group(2).split()
-    return _select(config, kind, paths, source)
+    kind = match.group(1)
+    return _select(config, kind, _split_paths(match.group(2), source), source)
+
+
+def _split_paths(text: str, source: str) -> list[str]:
+    """Paths as a POSIX shell would split them: quotes or a backslash keep spaces in a path."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise SelectionError(
+            f"--nbgate-commit: {source}: cannot split the paths ({exc}); separate paths with "
+            "spaces and quote a path that contains spaces: train \"notebooks/my model.ipynb\""
+        ) from None
 
 
 def _from_schedule(config: NbgateConfig, env: Mapping[str, str]) -> CommitSelection:
@@ -91,9 +109,10 @@ def _from_schedule(config: NbgateConfig, env: Mapping[str, str]) -> CommitSelect
     # creates the scoring job when TRAINING_NOTEBOOK is empty).
     for kind in KINDS:
         variable = _SCHEDULE_VARIABLES[kind]
-        paths = env.get(variable, "").split()
+        source = f"schedule variable {variable}"
+        paths = _split_paths(env.get(variable, ""), source)
         if paths:
-            return _select(config, kind, paths, f"schedule variable {variable}")
+            return _select(config, kind, paths, source)
     declared = _declared(config, "score")
     return CommitSelection(
         "score",
@@ -111,7 +130,7 @@ def _select(config: NbgateConfig, kind: str, paths: list[str], source: str) -> C
     for raw in paths:
         notebook, problem = _check_path(config.root, raw, kind, declared, other)
         if problem is not None:
-            problems.append(f"{raw!r} {problem}")
+            problems.append(f"{_shown_path(raw)} {problem}")
         elif notebook not in chosen:
             chosen.append(notebook)
     if problems:
@@ -123,6 +142,18 @@ def _check_path(
     root: Path, raw: str, kind: str, declared: tuple[str, ...], other: Mapping[str, str]
 ) -> tuple[str, None] | tuple[None, str]:
     """The declared notebook ``raw`` names, or why it may not be run."""
+    try:
+        return _check_path_on_disk(root, raw, kind, declared, other)
+    except (OSError, ValueError) as exc:
+        # ENAMETOOLONG from a 300-character name, ValueError from a NUL byte: the title, not
+        # nbgate, is at fault, so it is a usage error like any other bad path.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return None, f"cannot be a notebook path ({reason})"
+
+
+def _check_path_on_disk(
+    root: Path, raw: str, kind: str, declared: tuple[str, ...], other: Mapping[str, str]
+) -> tuple[str, None] | tuple[None, str]:
     path = PurePosixPath(raw)
     if path.is_absolute():
         return None, "is an absolute path (give it relative to the repository root)"
@@ -132,7 +163,7 @@ def _check_path(
     top = root.resolve()
     try:
         resolved = (top / lexical).resolve()
-    except (OSError, RuntimeError) as exc:  # symlink loops, unreadable components
+    except RuntimeError as exc:  # symlink loops (OSError is handled by the caller)
         return None, f"cannot be resolved ({exc})"
     if not resolved.is_relative_to(top):
         return None, f"is a symlink that leaves the repository (it resolves to {resolved})"
@@ -156,7 +187,10 @@ def _usage(
         listing = f"Declared {kind} pipelines: " + ", ".join(f"{kind} {d}" for d in declared)
     else:
         listing = f"No {kind} pipeline is declared in {config.path}"
-    return f"--nbgate-commit: {source}: {'; '.join(problems)}. {listing}"
+    shown = problems[:_PROBLEMS_SHOWN]
+    if len(problems) > _PROBLEMS_SHOWN:
+        shown.append(f"and {len(problems) - _PROBLEMS_SHOWN} more")
+    return f"--nbgate-commit: {source}: {'; '.join(shown)}. {listing}"
 
 
 def _declared(config: NbgateConfig, kind: str) -> tuple[str, ...]:
@@ -174,6 +208,17 @@ def _first_line(message: str) -> str:
     return lines[0].rstrip() if lines else ""
 
 
+def _printable(text: str) -> str:
+    """``text`` safe to print: control characters (terminal escapes) and undecodable bytes
+    (surrogates, which a strict stdout cannot encode) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _quote(title: str) -> str:
     shown = title if len(title) <= _TITLE_SHOWN else title[: _TITLE_SHOWN - 1] + "…"
-    return f"'{shown}'"
+    return f"'{_printable(shown)}'"
+
+
+def _shown_path(raw: str) -> str:
+    shown = raw if len(raw) <= _PATH_SHOWN else raw[: _PATH_SHOWN - 1] + "…"
+    return repr(shown)  # repr escapes control characters and surrogates

@@ -6,11 +6,14 @@ so pytest can show it as a usage error instead of a traceback.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,10 +24,41 @@ DEFAULT_TIMEOUT = 900.0
 DEFAULT_RUNNERS: dict[str, dict[str, Any]] = {"cpu": {}, "gpu": {"gpu": True}}
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _RUNNER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A runner name becomes a pytest mark on its cases. These marks change how pytest runs a test
+# (a runner named "xfail" turned a failed gate into "1 xfailed", exit 0; "skip" gave an
+# INTERNALERROR): pytest's own marks, and those of plugins that nbgate's stack installs.
+RESERVED_MARKS = frozenset(
+    {
+        "filterwarnings",
+        "parametrize",
+        "skip",
+        "skipif",
+        "tryfirst",
+        "trylast",
+        "usefixtures",
+        "xfail",
+        "xdist_group",  # pytest-xdist
+        "anyio",  # anyio's pytest plugin (installed with jupyter_client's dependencies)
+    }
+)
 
 
 class ConfigError(Exception):
     """A mistake in ``[tool.nbgate]``; the message is meant for the user as it is."""
+
+
+@dataclass(frozen=True)
+class ParameterSource:
+    """Parameters from one place of the config, and whether the notebook must define them.
+
+    Pipeline parameters are ``required``: a name the notebook's parameters cell does not assign
+    is a typo and fails the case. Runner and CI parameters are shared by every pipeline, so
+    they are injected only into notebooks that define them.
+    """
+
+    name: str  # where they come from, as messages say it: "pipeline", "runners.gpu", "ci"
+    values: Mapping[str, Any]
+    required: bool
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,8 @@ class Pipeline:
     outputs: tuple[str, ...] = ()
     experiment: str | None = None
     version: str | None = None
+    # File-name-safe form of the whole notebook path (see _file_names); "" outside the parser.
+    file_name: str = ""
 
     @property
     def name(self) -> str:
@@ -68,8 +104,9 @@ class Case:
 
     @property
     def slug(self) -> str:
-        """File-name-safe name for this case's artefacts."""
-        return f"{self.pipeline.name}-{self.pipeline.kind}-{self.runner.name}"
+        """File-name-safe name for this case's artefacts, unique among the declared cases."""
+        base = self.pipeline.file_name or file_safe(self.pipeline.notebook)
+        return f"{base}-{self.pipeline.kind}-{self.runner.name}"
 
 
 @dataclass(frozen=True)
@@ -87,11 +124,25 @@ class NbgateConfig:
     def cases(self) -> list[Case]:
         return [Case(p, self.runners[r]) for p in self.pipelines for r in p.runners]
 
-    def parameters_for(self, case: Case, in_ci: bool) -> dict[str, Any]:
+    def parameter_sources(self, case: Case, in_ci: bool) -> tuple[ParameterSource, ...]:
         """Pipeline, then runner, then (in CI) ci parameters: later ones win."""
-        merged = {**case.pipeline.parameters, **case.runner.parameters}
+        sources = [
+            ParameterSource("pipeline", case.pipeline.parameters, required=True),
+            ParameterSource(f"runners.{case.runner.name}", case.runner.parameters, False),
+        ]
         if in_ci:
-            merged.update(self.ci_parameters)
+            sources.append(ParameterSource("ci", self.ci_parameters, required=False))
+        return tuple(sources)
+
+    def parameters_for(self, case: Case, in_ci: bool) -> dict[str, Any]:
+        """Every parameter the case may inject, merged (later sources win).
+
+        Runner and CI parameters reach only notebooks whose parameters cell defines them, so
+        what a run injects is this minus the shared names its notebook does not define.
+        """
+        merged: dict[str, Any] = {}
+        for source in self.parameter_sources(case, in_ci):
+            merged.update(source.values)
         return merged
 
 
@@ -137,9 +188,48 @@ class _Parser:
 
     def positive(self, where: str, value: Any) -> float:
         number = self.typed(where, value, (int, float), "a number of seconds")
+        # TOML has nan and inf; "nan <= 0" is false, and both broke the run later.
+        if not math.isfinite(number):
+            raise self.fail(where, f"expected a finite number of seconds, got {number!r}")
         if number <= 0:
             raise self.fail(where, f"expected a positive number of seconds, got {number}")
         return float(number)
+
+    def parameters(self, where: str, value: Any) -> dict[str, Any]:
+        """A parameters table: identifiers mapped to JSON values.
+
+        Parameters are injected as Python literals and written to metrics.json and MLflow, so
+        each value must be a JSON value. TOML dates and times are not converted (whether a
+        notebook wants a string, a datetime or a pandas Timestamp is its own business): they
+        are a usage error that shows the quoted string to write instead.
+        """
+        table = self.typed(where, value, dict, "a table")
+        for name, item in table.items():
+            if not name.isidentifier():
+                raise self.fail(
+                    f"{where}.{name}", "a parameter name must be a Python identifier "
+                    "(letters, digits, '_'), since it is assigned in the notebook"
+                )
+            self.json_value(f"{where}.{name}", item)
+        return table
+
+    def json_value(self, where: str, value: Any) -> None:
+        if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+            raise self.fail(
+                where,
+                f"TOML {type(value).__name__} {value.isoformat()} cannot be injected: "
+                f"parameters are JSON values; quote it as a string: \"{value.isoformat()}\"",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(
+                where, f"{value!r} is not a JSON number; use a finite number or a string"
+            )
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                self.json_value(f"{where}[{i}]", item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.json_value(f"{where}.{key}", item)
 
     def string_list(self, where: str, value: Any) -> tuple[str, ...]:
         items = self.typed(where, value, list, "a list of strings")
@@ -157,6 +247,7 @@ class _Parser:
         timeout = self.positive(f"{where}.timeout", table.get("timeout", DEFAULT_TIMEOUT))
         runners = self.runners(table.get("runners", DEFAULT_RUNNERS))
         ci = self.section("ci", table.get("ci", {}), {"parameters": (dict, "a table", None)})
+        self.parameters("[tool.nbgate.ci].parameters", ci.get("parameters", {}))
         tracking = self.section(
             "tracking", table.get("tracking", {}), {"optional": (bool, "true or false", None)}
         )
@@ -173,6 +264,7 @@ class _Parser:
             f"{where}.pipelines", table.get("pipelines", []), list, "an array of tables"
         )
         pipelines = [self.pipeline(i, raw, runners, timeout) for i, raw in enumerate(raw_pipelines)]
+        pipelines = _with_file_names(pipelines)
         seen: dict[tuple[str, str], int] = {}
         for i, p in enumerate(pipelines):
             if (p.notebook, p.kind) in seen:
@@ -222,9 +314,16 @@ class _Parser:
                     "a runner name must be an identifier (letters, digits, '_') and not "
                     f"{' or '.join(KINDS)}, since it becomes a pytest marker",
                 )
+            if name in RESERVED_MARKS:
+                raise self.fail(
+                    rwhere,
+                    f"{name!r} is a mark that pytest or one of its plugins acts on, and a runner "
+                    "name becomes the mark of its cases; choose another name (reserved: "
+                    f"{', '.join(sorted(RESERVED_MARKS))})",
+                )
             self.typed(rwhere, raw, dict, "a table")
             self.check_keys(rwhere, raw, ("parameters", "gpu"))
-            params = self.typed(f"{rwhere}.parameters", raw.get("parameters", {}), dict, "a table")
+            params = self.parameters(f"{rwhere}.parameters", raw.get("parameters", {}))
             gpu = self.typed(f"{rwhere}.gpu", raw.get("gpu", False), bool, "true or false")
             runners[name] = Runner(name, params, gpu)
         if not runners:
@@ -271,7 +370,7 @@ class _Parser:
                 )
         if len(set(names)) != len(names) or not names:
             raise self.fail(f"{where}.runners", "expected a non-empty list of distinct runners")
-        params = self.typed(f"{where}.parameters", raw.get("parameters", {}), dict, "a table")
+        params = self.parameters(f"{where}.parameters", raw.get("parameters", {}))
         rules = self.typed(f"{where}.thresholds", raw.get("thresholds", {}), dict, "a table")
         thresholds = []
         for metric, text in rules.items():
@@ -324,6 +423,35 @@ class _Parser:
         if not os.path.isfile(real):
             raise self.fail(where, f"notebook file {value!r} does not exist under {self.root}")
         return Path(real[len(self.real_root) + 1 :]).as_posix()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def file_safe(notebook: str) -> str:
+    """The whole notebook path as one file name: ``a/train.ipynb`` -> ``a-train``.
+
+    The whole path, not the stem: ``a/train.ipynb`` and ``b/train.ipynb`` must not write the
+    same executed notebook and figures.
+    """
+    stem = notebook[: -len(".ipynb")] if notebook.endswith(".ipynb") else notebook
+    return _UNSAFE.sub("-", stem.replace("/", "-")).strip("-.") or "notebook"
+
+
+def _with_file_names(pipelines: list[Pipeline]) -> list[Pipeline]:
+    """Give each pipeline its file name; paths that flatten to the same name (``a-b/c`` and
+    ``a/b-c``, or names differing only in case, which collide on macOS and Windows) get a short
+    hash of their path appended, so every declared case writes its own files."""
+    by_name: dict[str, set[str]] = {}
+    for p in pipelines:
+        by_name.setdefault(file_safe(p.notebook).lower(), set()).add(p.notebook)
+    named = []
+    for p in pipelines:
+        name = file_safe(p.notebook)
+        if len(by_name[name.lower()]) > 1:
+            name += "-" + hashlib.sha1(p.notebook.encode()).hexdigest()[:8]
+        named.append(replace(p, file_name=name))
+    return named
 
 
 def _pipeline_where(index: int, notebook: Any) -> str:

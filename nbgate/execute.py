@@ -6,22 +6,25 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nbgate.config import ParameterSource
 from nbgate.contract.model import Failure
 from nbgate.contract.text import strip_ansi
 from nbgate.kernels import Kernel, KernelPool, KernelStartError
 from nbgate.notebook import (
+    INJECTED_TAG,
     NotebookProblem,
     Recorded,
-    check_parameters,
+    check_kernel,
     inject_parameters,
     read_notebook,
     read_recorded,
+    resolve_parameters,
 )
 
 if TYPE_CHECKING:
@@ -35,11 +38,21 @@ _CELL_LINE = re.compile(r"Cell In\[\d+\], line (\d+)")
 class RunRequest:
     notebook: Path  # absolute path of the source notebook
     label: str  # how messages name it (repository-relative path)
-    parameters: dict[str, Any]
+    parameter_sources: Sequence[ParameterSource]  # in precedence order, later ones win
     cwd: Path
     timeout: float  # seconds for the whole notebook
     kernel_env: Mapping[str, str]  # the environment the kernel process starts with
     case_env: Mapping[str, str] = field(default_factory=dict)  # set inside the kernel per case
+
+
+@dataclass
+class Prepared:
+    """The notebook read, its kernel checked and its parameters injected, before it runs."""
+
+    nb: NotebookNode | None  # None when it cannot run (``failure`` says why)
+    parameters: dict[str, Any]  # exactly what is injected
+    failure: Failure | None
+    started: float  # time.monotonic() when preparing began
 
 
 @dataclass
@@ -50,22 +63,33 @@ class Execution:
     duration_s: float
 
 
-def execute(
-    request: RunRequest, pool: KernelPool, prestart_next: Callable[[], None] | None = None
-) -> Execution:
+def prepare(request: RunRequest) -> Prepared:
     started = time.monotonic()
+    try:
+        nb = read_notebook(request.notebook)
+        check_kernel(nb, request.label)
+        parameters = resolve_parameters(nb, request.label, request.parameter_sources)
+        nb = inject_parameters(nb, parameters)
+    except NotebookProblem as problem:
+        return Prepared(None, {}, Failure(problem.kind, str(problem)), started)
+    return Prepared(nb, parameters, None, started)
+
+
+def execute(
+    request: RunRequest,
+    pool: KernelPool,
+    prestart_next: Callable[[], None] | None = None,
+    prepared: Prepared | None = None,
+) -> Execution:
+    prepared = prepared or prepare(request)
 
     def done(nb: NotebookNode | None, failure: Failure | None) -> Execution:
         recorded = read_recorded(nb) if nb is not None else Recorded()
-        return Execution(nb, recorded, failure, time.monotonic() - started)
+        return Execution(nb, recorded, failure, time.monotonic() - prepared.started)
 
-    try:
-        nb = read_notebook(request.notebook)
-        check_parameters(nb, request.label, request.parameters)
-        nb = inject_parameters(nb, request.parameters)
-    except NotebookProblem as problem:
-        return done(None, Failure(problem.kind, str(problem)))
-
+    nb = prepared.nb
+    if nb is None:
+        return done(None, prepared.failure)
     try:
         kernel = pool.acquire(request.cwd, request.kernel_env)
     except KernelStartError as exc:
@@ -110,19 +134,28 @@ async def _run_cells(nb: NotebookNode, kernel: Kernel, request: RunRequest) -> F
             if remaining <= 0:
                 raise CellTimeoutError("notebook deadline passed")
             client.timeout = max(1, math.ceil(remaining))
-            await client.async_execute_cell(cell, index)
-    except CellExecutionError:
-        return cell_failure(nb, index)
+            try:
+                await client.async_execute_cell(cell, index)
+            except CellExecutionError as exc:
+                if _exited_cleanly(cell):
+                    return None  # sys.exit(0): the notebook stopped early on purpose
+                return cell_failure(nb, index, exc)
+            if _errors(cell):
+                # The code finished, but an error output came later (IPython's post-execute
+                # hooks, e.g. matplotlib drawing a figure): papermill and nbmake fail on it.
+                return cell_failure(nb, index, after_code=True)
     except CellTimeoutError:
         return _located(
-            nb, index, "timeout", f"timed out after {request.timeout:g} s in cell {index}"
+            nb, index, "timeout",
+            f"timed out after {request.timeout:g} s in {cell_label(nb, index)}",
         )
     except DeadKernelError:
         return _located(
             nb,
             index,
             "kernel_died",
-            f"kernel died in cell {index} (the process exited: os._exit, a crash or out of memory)",
+            f"kernel died in {cell_label(nb, index)} "
+            "(the process exited: os._exit, a crash or out of memory)",
         )
     return None
 
@@ -135,22 +168,85 @@ async def _set_environment(client: Any, env: Mapping[str, str]) -> None:
     await client.async_wait_for_reply(msg_id)
 
 
-def cell_failure(nb: NotebookNode, index: int) -> Failure:
+def _is_clean_exit(output: Any) -> bool:
+    """``sys.exit()``, ``sys.exit(0)``, ``sys.exit(None)``: papermill's clean early stop."""
+    return output.get("ename") == "SystemExit" and output.get("evalue", "") in ("", "0", "None")
+
+
+def _errors(cell: Any) -> list[Any]:
+    """The cell's error outputs that fail it (a clean SystemExit does not)."""
+    return [
+        o
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "error" and not _is_clean_exit(o)
+    ]
+
+
+def _exited_cleanly(cell: Any) -> bool:
+    outputs = cell.get("outputs", [])
+    return not _errors(cell) and any(
+        o.get("output_type") == "error" and _is_clean_exit(o) for o in outputs
+    )
+
+
+def cell_label(nb: NotebookNode, index: int) -> str:
+    """How a user finds cell ``index`` of the executed notebook: ``cell 3 (counting from 1,
+    injected cell excluded; In [2])``.
+
+    Cells count from 1 over the notebook's own cells, markdown included, as they appear in
+    Jupyter; papermill's injected-parameters cell is not one of them. ``In [N]`` (the
+    execution count Jupyter and the traceback show) is added when it differs.
+    """
+    if not 0 <= index < len(nb.cells):
+        return "a cell"
+    cells = nb.cells
+    if _is_injected(cells[index]):
+        return "the injected parameters cell"
+    number = 1 + sum(1 for c in cells[:index] if not _is_injected(c))
+    notes = ["counting from 1"]
+    if any(_is_injected(c) for c in cells):
+        notes[0] += ", injected cell excluded"
+    count = cells[index].get("execution_count")
+    if isinstance(count, int) and count != number:
+        notes.append(f"In [{count}]")
+    return f"cell {number} ({'; '.join(notes)})"
+
+
+def _is_injected(cell: Any) -> bool:
+    return INJECTED_TAG in (cell.get("metadata", {}).get("tags") or [])
+
+
+def cell_failure(
+    nb: NotebookNode, index: int, reply: Any | None = None, *, after_code: bool = False
+) -> Failure:
+    """The failure of cell ``index``: its first failing error output, else the execute reply's
+    error (``reply``, a CellExecutionError); a UsageError from a %magic has only the latter.
+    ``after_code``: the code itself finished and the error output came afterwards."""
     cell = nb.cells[index]
-    error = next((o for o in reversed(cell.get("outputs", [])) if o.output_type == "error"), None)
-    if error is None:
-        return _located(nb, index, "cell_error", f"cell {index} failed")
-    ename = strip_ansi(error.get("ename", "Error"))
-    evalue = strip_ansi(error.get("evalue", ""))
-    traceback = strip_ansi("\n".join(error.get("traceback", [])))
-    first_line = evalue.splitlines()[0] if evalue else ""
+    where = cell_label(nb, index)
+    errors = _errors(cell)
+    if errors:
+        error = errors[0]
+        ename = strip_ansi(error.get("ename", "Error"))
+        evalue = strip_ansi(error.get("evalue", ""))
+        traceback = strip_ansi("\n".join(error.get("traceback", [])))
+    elif reply is not None and getattr(reply, "ename", None):
+        ename = strip_ansi(str(reply.ename))
+        evalue = strip_ansi(str(getattr(reply, "evalue", "") or ""))
+        traceback = ""
+    else:
+        return _located(nb, index, "cell_error", f"{where} failed")
+    after = ", after its code finished (in a display or post-execute hook)" if after_code else ""
+    first_line = next((line for line in evalue.splitlines() if line.strip()), "")
+    if ename == "SystemExit":
+        first_line = f"exited with {evalue} (only sys.exit(0) ends a notebook cleanly)"
     return Failure(
         kind="cell_error",
-        message=f"{ename} in cell {index}: {first_line}".rstrip(": "),
+        message=f"{ename} in {where}{after}: {first_line}".rstrip(": "),
         cell_index=index,
         source=source_excerpt(cell.source, _failing_line(traceback, cell.source)),
         exception=f"{ename}: {evalue}" if evalue else ename,
-        traceback=traceback,
+        traceback=traceback or None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Reading notebooks, checking and injecting parameters, reading back what they recorded."""
+"""Reading notebooks, checking their kernel, choosing and injecting parameters, reading back
+what they recorded."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import ast
 import base64
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nbgate.config import ParameterSource
 from nbgate.recording import FIGURE_MIME, METRIC_MIME
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
 PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it inserts
+_PYTHON_LANGUAGES = ("python", "python3", "python2", "ipython", "ipython3")
 
 
 class NotebookProblem(Exception):
@@ -55,6 +60,53 @@ def read_notebook(path: Path) -> NotebookNode:
     return nb
 
 
+def check_kernel(nb: NotebookNode, notebook: str) -> None:
+    """Refuse a notebook written for another language, naming its kernel.
+
+    Every notebook runs on a Python kernel of the interpreter that runs pytest, whatever its
+    kernelspec is called (``python3``, a conda env's ``conda-env-x-py``, a virtualenv's own
+    name): that is what makes ``record`` and the harness's environment work. An R or Julia
+    notebook must not be run as Python; it would fail in a misleading way, or worse, pass.
+    """
+    metadata = nb.get("metadata", {})
+    spec = metadata.get("kernelspec") or {}
+    name = spec.get("name") if isinstance(spec.get("name"), str) else None
+    language = spec.get("language") or (metadata.get("language_info") or {}).get("name")
+    language = language if isinstance(language, str) and language.strip() else None
+    if language is None and name is not None and "py" not in name.lower():
+        language = _installed_language(name)  # a name alone says little: ask the kernelspec
+        if language is None:
+            raise NotebookProblem(
+                "not_a_notebook",
+                f"not a Python notebook: {notebook} names kernel {name!r}, which is not "
+                "installed here, and no language; nbgate runs Python notebooks only. "
+                "If it is Python, select a Python kernel in Jupyter and save the notebook",
+            )
+    if language is None or language.lower() in _PYTHON_LANGUAGES:
+        return
+    shown = f"kernel {name!r}" if name else "its kernel"
+    display = spec.get("display_name")
+    if isinstance(display, str) and display and display != name:
+        shown += f" ({display})"
+    installed = name is not None and _installed_language(name) is not None
+    where = "is installed, but" if installed else "is not installed here, and"
+    raise NotebookProblem(
+        "not_a_notebook",
+        f"not a Python notebook: {notebook} is a {language} notebook; {shown} {where} "
+        "nbgate runs Python notebooks only (on the interpreter that runs pytest)",
+    )
+
+
+def _installed_language(kernel_name: str) -> str | None:
+    """The language of an installed kernelspec, None when no such kernel is installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        return KernelSpecManager().get_kernel_spec(kernel_name).language or "unknown"
+    except (NoSuchKernel, OSError, ValueError):
+        return None
+
+
 def parameter_names(nb: NotebookNode) -> set[str] | None:
     """Names assigned in the cell tagged ``parameters``; None when there is no such cell."""
     for cell in nb.cells:
@@ -87,26 +139,43 @@ def _assigned_names(source: str) -> set[str]:
     return names
 
 
-def check_parameters(nb: NotebookNode, notebook: str, parameters: dict[str, Any]) -> None:
-    """Papermill only warns about these; a typo in a parameter silently changes nothing."""
-    if not parameters:
-        return
+def resolve_parameters(
+    nb: NotebookNode, notebook: str, sources: Sequence[ParameterSource]
+) -> dict[str, Any]:
+    """What to inject: every required parameter, and the shared ones the notebook defines.
+
+    Papermill only warns about an undefined parameter, but a typo in a pipeline parameter
+    silently changes nothing, so it fails the case. Runner and CI parameters are shared by
+    every pipeline: a notebook that does not define ``device`` simply does not get it.
+    Later sources win. Errors name where a parameter came from.
+    """
     declared = parameter_names(nb)
-    if declared is None:
+    required = [s for s in sources if s.required and s.values]
+    if required and declared is None:
+        given = "; ".join(f"{s.name}: {', '.join(sorted(s.values))}" for s in required)
         raise NotebookProblem(
             "parameters",
             f"{notebook} has no cell tagged 'parameters', but parameters are injected "
-            f"({', '.join(sorted(parameters))}); tag the cell that holds their defaults "
+            f"({given}); tag the cell that holds their defaults "
             "(in Jupyter: View > Cell Toolbar > Tags, add 'parameters')",
         )
-    unknown = sorted(set(parameters) - declared)
-    if unknown:
-        raise NotebookProblem(
-            "parameters",
-            f"{notebook}: parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"not defined in the 'parameters' cell (it defines: "
-            f"{', '.join(sorted(declared)) or 'nothing'})",
-        )
+    for source in required:
+        unknown = sorted(set(source.values) - (declared or set()))
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            verb = "are" if len(unknown) > 1 else "is"
+            raise NotebookProblem(
+                "parameters",
+                f"{notebook}: {source.name} parameter{plural} {', '.join(unknown)} {verb} not "
+                f"defined in the 'parameters' cell (it defines: "
+                f"{', '.join(sorted(declared or ())) or 'nothing'})",
+            )
+    injected: dict[str, Any] = {}
+    for source in sources:
+        for name, value in source.values.items():
+            if source.required or (declared is not None and name in declared):
+                injected[name] = value
+    return injected
 
 
 def inject_parameters(nb: NotebookNode, parameters: dict[str, Any]) -> NotebookNode:

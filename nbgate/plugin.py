@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from nbgate import hookspecs
+from nbgate import hookspecs, interrupt
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
@@ -32,6 +33,8 @@ from nbgate.kernels import prestart_depth
 from nbgate.thresholds import parse_threshold
 from nbgate.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 
+SESSION_KEY = "nbgate_session"  # in xdist's workerinput: the controller's session id
+
 
 @dataclass
 class NbgateState:
@@ -45,6 +48,7 @@ class NbgateState:
     cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
     baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
+    session_id: str = ""  # one per pytest session; xdist workers share the controller's
 
     def spec_for(self, case: Case) -> CaseSpec:
         assert self.config is not None
@@ -55,7 +59,8 @@ class NbgateState:
             kind=pipeline.kind,
             runner=case.runner.name,
             slug=case.slug,
-            parameters=self.config.parameters_for(case, self.in_ci),
+            parameters=pipeline.parameters,
+            shared_parameters=self.config.parameter_sources(case, self.in_ci)[1:],
             thresholds=pipeline.thresholds,
             baseline=self.baseline_for(case),
             require_baseline=self.require_baseline,
@@ -154,14 +159,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
     reports = shard_reports(config, reports)
     shard = active_shard(config)
+    interrupt.install(config)  # SIGTERM (a cancelled CI job) ends the session like Ctrl-C
+    # xdist workers write their cases' files under the controller's session id, so only the
+    # session's first file clears the previous run's notebooks and figures (case_files.py).
+    session_id = getattr(config, "workerinput", {}).get(SESSION_KEY) or uuid.uuid4().hex
     state = NbgateState(
         config=nbgate_config,
         root=root,
         reports=reports,
-        runner=CaseRunner(root, reports, config.hook),
+        runner=CaseRunner(root, reports, config.hook, session_id),
         require_gpu=config.getoption("nbgate_require_gpu"),
         require_baseline=config.getoption("nbgate_require_baseline"),
         in_ci=bool(os.environ.get("CI")),
+        session_id=session_id,
     )
     config.stash[state_key] = state
     baseline_problem = _load_baselines(config, state)
@@ -201,6 +211,12 @@ def _load_baselines(config: pytest.Config, state: NbgateState) -> str | None:
     except ResultsFileError as exc:
         return clean_text(str(exc))
     return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, on the controller: hand the session id to the worker being started."""
+    node.workerinput[SESSION_KEY] = get_state(node.config).session_id
 
 
 def _commit_selection(config: pytest.Config, nbgate_config: NbgateConfig) -> CommitSelection | None:
@@ -403,6 +419,7 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             runner=runner,
             slug=slugify(case_id.replace("::", "-")),
             parameters=parameters or {},
+            parameters_from="run_notebook",
             thresholds=rules,
             timeout=timeout or (state.config.timeout if state.config else DEFAULT_TIMEOUT),
         )

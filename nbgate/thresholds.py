@@ -28,7 +28,7 @@ def check(
         return ThresholdCheck(metric, rule, None, False, f"not recorded (recorded: {recorded})")
     value = metrics[metric]
     if not math.isfinite(value):
-        return ThresholdCheck(metric, rule, value, False, f"is not finite ({value})")
+        return ThresholdCheck(metric, rule, value, False, not_finite(value))
     base = baseline.get(metric) if baseline is not None and rule.uses_baseline else None
     bound = rule.bound(base)
     if bound is None:
@@ -45,6 +45,11 @@ def check(
         gap += f", rule {rule.text}, baseline {fmt_number(base)}"
     reason = f"{fmt_number(value)} {NEGATED[rule.op]} {fmt_number(bound)} ({gap})"
     return ThresholdCheck(metric, rule, value, False, reason, bound=bound, baseline=base)
+
+
+def not_finite(value: float) -> str:
+    """Why a recorded NaN or infinity fails: "is not finite (inf)"."""
+    return f"is not finite ({value!r})"
 
 
 def evaluate(

@@ -74,3 +74,20 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def kernels_with(marker: str) -> list[int]:
+    """Live Jupyter kernels whose environment holds ``marker`` (NAME=value), any parent."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        mine = b"ipykernel" in cmdline and marker.encode() in environ.split(b"\0")
+        if mine and process_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids

@@ -91,3 +91,14 @@ def test_baseline_rules_compare_with_the_production_value() -> None:
     assert unchecked.reason == "not checked: no baseline"
     [absent] = evaluate([drop], {"auc": 0.5}, {"loss": 0.1})
     assert not absent.checked and absent.reason == "not checked: the baseline did not record it"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(math.inf, "inf"), (-math.inf, "-inf"), (math.nan, "nan")]
+)
+@pytest.mark.parametrize("rule", [">= 0", "> 0", "<= 0", "< 0", "== 0"])
+def test_non_finite_values_fail_every_rule(value: float, shown: str, rule: str) -> None:
+    # inf satisfies ">= 0" and -inf "<= 0" as numbers; neither is a measurement.
+    [result] = evaluate([parse_threshold("x", rule)], {"x": value})
+    assert not result.passed
+    assert result.reason == f"is not finite ({shown})"

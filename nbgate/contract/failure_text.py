@@ -14,8 +14,9 @@ def render_failure(result: CaseResult) -> str:
     if result.executed_notebook:
         lines.append(f"executed notebook: {result.executed_notebook}")
     if failure and failure.source:
-        where = f"cell {failure.cell_index}" if failure.cell_index is not None else "cell"
-        lines += ["", f"{where}:", failure.source]
+        # The message names the cell as the user counts it; cell_index counts the executed
+        # notebook's cells (injected one included), so it is not shown here.
+        lines += ["", "failing cell:", failure.source]
     if failure and failure.exception:
         lines += ["", failure.exception]
     if failure and failure.traceback:
