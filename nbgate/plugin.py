@@ -20,7 +20,14 @@ import pytest
 from nbgate import hookspecs, interrupt
 from nbgate.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
-from nbgate.config import DEFAULT_TIMEOUT, Case, ConfigError, NbgateConfig, load_config
+from nbgate.config import (
+    DEFAULT_TIMEOUT,
+    Case,
+    ConfigError,
+    NbgateConfig,
+    ParameterSource,
+    load_config,
+)
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
 from nbgate.contract.baselines import BaselineRun, baseline_metrics, load_baselines
 from nbgate.contract.codec import ResultsFileError, case_to_json
@@ -412,6 +419,21 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             rules = tuple(parse_threshold(k, v) for k, v in (thresholds or {}).items())
         except ValueError as exc:
             raise pytest.UsageError(f"run_notebook({rel!r}): thresholds: {exc}") from None
+        config = state.config
+        declared = config.runners.get(runner) if config is not None else None
+        if config is not None and declared is None:
+            raise pytest.UsageError(
+                f"run_notebook({rel!r}, runner={runner!r}): no such runner; declared runners: "
+                f"{', '.join(config.runners)}")
+        # Labelled honestly: the runner's (and in CI the ci) parameters reach the notebook as
+        # they do for a declared case, and a declared pipeline's runs go to its experiment.
+        shared = ()
+        if config is not None and declared is not None:
+            shared = (ParameterSource(f"runners.{runner}", declared.parameters, False),)
+            if state.in_ci:
+                shared += (ParameterSource("ci", config.ci_parameters, False),)
+        pipeline = next((p for p in config.pipelines if p.notebook == rel), None) \
+            if config is not None else None
         spec = CaseSpec(
             case_id=case_id,
             notebook=rel,
@@ -420,8 +442,10 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             slug=slugify(case_id.replace("::", "-")),
             parameters=parameters or {},
             parameters_from="run_notebook",
+            shared_parameters=shared,
             thresholds=rules,
-            timeout=timeout or (state.config.timeout if state.config else DEFAULT_TIMEOUT),
+            timeout=timeout or (config.timeout if config else DEFAULT_TIMEOUT),
+            experiment=pipeline.experiment if pipeline is not None else None,
         )
         result = state.runner.run(spec)
         _remember(request.node, result)

@@ -98,3 +98,34 @@ def test_the_users_assertion_is_the_failure(reports: Path) -> None:
     assert cases["tests/test_user.py::test_expected_to_fail"]["skip_reason"] == "xfail: known drift"
     junit = (reports / "reports" / "junit.xml").read_text()
     assert "auc too low for release" in junit
+
+
+LABEL_TESTS = """
+def test_on_the_cpu_runner(run_notebook):
+    result = run_notebook("notebooks/device.ipynb")
+    assert result.runner == "cpu"
+
+def test_on_an_undeclared_runner(run_notebook):
+    run_notebook("notebooks/device.ipynb", runner="tpu")
+"""
+
+
+def test_run_notebook_cases_are_labelled_as_declared(tmp_path: Path) -> None:
+    """A fixture run on runner "cpu" gets the cpu runner's parameters, as a declared case does;
+    a runner the project does not declare is a usage error, not a silent label."""
+    root = tmp_path / "labels"
+    write_notebook(root / "notebooks" / "device.ipynb",
+                   ["from nbgate import record\nrecord('on_cpu', float(device == 'cpu'))"],
+                   parameters="device = 'unset'")
+    write_pyproject(root, '[tool.nbgate.runners.cpu]\nparameters = { device = "cpu" }\n',
+                    testpaths='["tests"]')
+    (root / "tests").mkdir()
+    (root / "tests" / "test_labels.py").write_text(textwrap.dedent(LABEL_TESTS))
+    run = run_pytest(root, "-p", "no:nbgate-tracking", "tests/test_labels.py")
+    assert "no such runner; declared runners: cpu" in run.stdout + run.stderr
+    ok = run_pytest(root, "-p", "no:nbgate-tracking",
+                    "tests/test_labels.py::test_on_the_cpu_runner")
+    assert ok.returncode == 0, ok.stdout
+    [case] = json.loads((root / "reports" / "metrics.json").read_text())["cases"]
+    assert case["runner"] == "cpu" and case["parameters"] == {"device": "cpu"}
+    assert case["metrics"] == {"on_cpu": 1.0}
