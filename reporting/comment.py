@@ -208,6 +208,7 @@ def render_comment(data: CommentData) -> str:
         if len(shown) < len(results):
             parts.append(f"… and {len(results) - len(shown)} more cases: see summary.md in the "
                          "job artifacts.")
+    parts.append(_study_text(results))
     parts.append(_baseline_text(data))
     # How a case failed comes before the figures, which are large and push it out of view.
     failed = [r for r in results if r.outcome == "failed"]
@@ -320,6 +321,22 @@ def _delta(
     else:
         where = baselines[0].ref if len(baselines) == 1 and baselines[0].ref else "baseline"
     return f", {delta.text} vs {md_cell(where)}"
+
+
+STUDY_TRIALS = "study_n_trials"  # the example's shared Optuna study (README: one study, N jobs)
+OWN_TRIALS = "n_trials_completed"
+
+
+def _study_text(results: Sequence[CaseResult]) -> str:
+    """"Optuna study: 48 trials in all; this pipeline's jobs ran 12 + 12." when cases record
+    the shared study's size: N jobs tuning one study each report only their own trials."""
+    counted = [r for r in results if _finite(r.metrics.get(STUDY_TRIALS))]
+    if not counted:
+        return ""
+    total = max(r.metrics[STUDY_TRIALS] for r in counted)
+    own = [fmt_number(r.metrics[OWN_TRIALS]) for r in counted if _finite(r.metrics.get(OWN_TRIALS))]
+    text = f"Optuna study: **{fmt_number(total)}** trials in all"
+    return text + (f"; these jobs ran {' + '.join(own)}." if own else ".")
 
 
 def _baseline_text(data: CommentData) -> str:

@@ -530,7 +530,7 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     # The CPU runner's parameters reached the notebook, and its declared output is kept.
     assert (artifacts / "models" / "tiny.txt").read_text() == "cpu"
     executed = sorted(p.name for p in (artifacts / "reports" / "notebooks").glob("*.ipynb"))
-    assert executed == ["tiny_train-train-cpu.ipynb"]
+    assert executed == ["notebooks-tiny_train-train-cpu.ipynb"]
     cases = list(ET.parse(artifacts / "reports" / "junit.xml").getroot().iter("testcase"))
     ids = [f"{c.get('classname', '')} {c.get('name', '')}" for c in cases]
     assert any("tiny_train" in i and "cpu" in i for i in ids), ids

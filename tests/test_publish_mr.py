@@ -537,3 +537,13 @@ def test_only_a_job_token_says_it_cannot_post(mr: GitLabStandIn, tmp_path: Path)
     with pytest.raises(PublishSkipped, match="a job token cannot post merge request notes"):
         publish(mr, [reports], env=env)
     assert mr.request_log == []
+
+
+def test_a_shared_optuna_study_shows_its_trial_count(mr: GitLabStandIn, tmp_path: Path) -> None:
+    cases = [train_case("cpu"), train_case("gpu", roc_auc=0.995)]
+    for case, own in zip(cases, (12.0, 10.0), strict=True):
+        case.metrics.update(study_n_trials=22.0 if own == 10.0 else 12.0, n_trials_completed=own)
+    publish(mr, [write_reports(tmp_path / "reports", cases)])
+    body = nbgate_notes(mr, 7)[0].body
+    assert "Optuna study: **22** trials in all; these jobs ran 12 + 10." in body
+
