@@ -77,7 +77,7 @@ def check_kernel(nb: NotebookNode, notebook: str) -> None:
         language = _installed_language(name)  # a name alone says little: ask the kernelspec
         if language is None:
             raise NotebookProblem(
-                "not_a_notebook",
+                "kernel",
                 f"not a Python notebook: {notebook} names kernel {name!r}, which is not "
                 "installed here, and no language; nbgate runs Python notebooks only. "
                 "If it is Python, select a Python kernel in Jupyter and save the notebook",
@@ -91,7 +91,7 @@ def check_kernel(nb: NotebookNode, notebook: str) -> None:
     installed = name is not None and _installed_language(name) is not None
     where = "is installed, but" if installed else "is not installed here, and"
     raise NotebookProblem(
-        "not_a_notebook",
+        "kernel",
         f"not a Python notebook: {notebook} is a {language} notebook; {shown} {where} "
         "nbgate runs Python notebooks only (on the interpreter that runs pytest)",
     )

@@ -237,6 +237,19 @@ def _commit_selection(config: pytest.Config, nbgate_config: NbgateConfig) -> Com
         raise pytest.UsageError(str(exc)) from None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A run whose cases wrote no file (every one skipped) must still clear the notebooks and
+    # figures an earlier run left: reports describe this run only.
+    config = session.config
+    gathered = config.stash.get(session_key, None)
+    state = config.stash.get(state_key, None)
+    if gathered is None or state is None or config.option.collectonly:
+        return
+    if gathered.has_cases:
+        state.runner.files.claim()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(state_key, None)
     if state is not None:

@@ -36,6 +36,9 @@ class SessionReporter:
         self.baseline: Baseline | None = None
         self.written: Written | None = None
 
+    # First: under pytest-xdist, SIGTERM's grace period (about 10 s) must not be spent waiting
+    # for the workers' teardown before the reports exist.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         gathered = session_results(self.config)
         if self.config.option.collectonly or gathered is None or not gathered.has_cases:

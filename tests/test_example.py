@@ -60,7 +60,8 @@ def test_train_then_score_under_xdist(example: Path) -> None:
     assert f"{SCORE_CPU} PASSED" in score.stdout
     assert (example / "scores" / "predictions.csv").is_file()
     executed_score = json.loads(
-        (example / "reports" / "notebooks" / "notebooks-scoring_example-score-cpu.ipynb").read_text()
+        (example / "reports" / "notebooks" / "notebooks-scoring_example-score-cpu.ipynb")
+        .read_text()
     )
     assert executed_score["cells"]
 

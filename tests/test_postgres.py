@@ -131,7 +131,8 @@ def test_two_training_jobs_at_once_fill_one_study(
 
     # The storage URL's password never reaches the executed notebook or the reports.
     for root, _ in jobs:
-        executed = (root / "reports" / "notebooks" / "notebooks-training_example-train-cpu.ipynb").read_text()
+        executed = (root / "reports" / "notebooks" /
+                    "notebooks-training_example-train-cpu.ipynb").read_text()
         assert "optuna study 'shared-search' in postgresql://nbgate:***@127.0.0.1" in executed
         for path in (root / "reports").rglob("*"):
             if path.is_file():
@@ -150,7 +151,8 @@ def test_the_example_still_trains_in_memory_without_a_storage(tmp_path: Path) ->
     assert metrics["n_trials_completed"] + metrics["n_trials_pruned"] == N_TRIALS
     assert metrics["study_n_trials"] == N_TRIALS
     assert metrics["study_best_value"] == metrics["best_trial_value"]
-    executed = (root / "reports" / "notebooks" / "notebooks-training_example-train-cpu.ipynb").read_text()
+    executed = (root / "reports" / "notebooks" /
+                "notebooks-training_example-train-cpu.ipynb").read_text()
     assert "optuna study 'xgboost-breast-cancer' in memory" in executed
 
 

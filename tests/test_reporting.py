@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
@@ -451,15 +452,21 @@ def test_terminal_lines_and_mlflow_hint(tmp_path: Path) -> None:
     assert lines[2].endswith("nan_metric NaN ≥ 0.9 ✗  missing – > 0 ✗  — ValueError in cell 3")
     assert "\x1b" not in "".join(lines)
     results = [passed_case(tracking=local)]
-    assert fmt.mlflow_hint(results, tmp_path) == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    # The environment's own mlflow: a fresh shell without the environment active finds none.
+    mlflow = fmt.display_path(Path(sys.executable).with_name("mlflow"), tmp_path)
+    assert fmt.mlflow_hint(results, tmp_path) == (
+        f"{mlflow} ui --backend-store-uri sqlite:///mlflow.db")
     remote = [passed_case(tracking=Tracking("r2", "https://mlflow/#/r2", None, "https://mlflow"))]
     assert fmt.mlflow_hint(remote, tmp_path) == "https://mlflow/#/r2"
     assert fmt.mlflow_hint([passed_case()], tmp_path) is None
     files = [tmp_path / "reports" / "summary.md", tmp_path / "reports" / "junit.xml"]
     assert files_line(files, tmp_path, results) == (
         "reports: reports/summary.md · reports/junit.xml · "
-        "MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+        f"MLflow: {mlflow} ui --backend-store-uri sqlite:///mlflow.db"
     )
+    repo = Path(sys.executable).parents[2]  # run from the project: the path is .venv/bin/mlflow
+    if (repo / ".venv").exists():
+        assert fmt.mlflow_hint(results, repo).startswith(".venv/bin/mlflow ui ")
 
 
 def test_annotations_link_mlflow_runs() -> None:
@@ -575,21 +582,23 @@ def test_serial_run_writes_every_report(project: Path, pytester: pytest.Pytester
     summary = found["summary"]
     assert isinstance(summary, str)
     assert summary.count("No baseline:") == 1
-    assert "![roc](figures/good-train-cpu-roc.png)" in summary
+    assert "![roc](figures/notebooks-good-train-cpu-roc.png){width=60%}" in summary
     assert (
-        "<details><summary>❌ notebooks/bad.ipynb::score[cpu] — ValueError in cell 1</summary>"
+        "<details><summary>❌ notebooks/bad.ipynb::score[cpu] — ValueError in cell 2 "
+        "(counting from 1)</summary>"
     ) in summary
     assert "good.train.cpu.acc 0.9877" in str(found["metrics_txt"])
     junit = found["junit"]
     assert isinstance(junit, ET.Element)
     bad = next(c for c in junit.iter("testcase") if c.get("name") == CASES[0])
-    assert bad.findtext("system-out") == "[[ATTACHMENT|reports/notebooks/bad-score-cpu.ipynb]]"
-    assert (project / "reports/notebooks/bad-score-cpu.ipynb").is_file()
+    assert bad.findtext("system-out") == (
+        "[[ATTACHMENT|reports/notebooks/notebooks-bad-score-cpu.ipynb]]")
+    assert (project / "reports/notebooks/notebooks-bad-score-cpu.ipynb").is_file()
     assert bad.find("failure") is not None
     assert not (project / "reports/annotations.json").exists()  # no MLflow links
     run.stdout.re_match_lines([
         r"─+ nbgate ─+",
-        r"notebooks/bad\.ipynb::score\[cpu\]\s+failed\s+\d+\.\d s  .*ValueError in cell 1",
+        r"notebooks/bad\.ipynb::score\[cpu\]\s+failed\s+\d+\.\d s  .*ValueError in cell 2",
         r"notebooks/good\.ipynb::train\[cpu\]\s+passed\s+\d+\.\d s  "
         r"acc 0\.9877 ≥ 0\.9  loss 0\.1000 ≤ 0\.25",
         r"notebooks/good\.ipynb::train\[gpu\]\s+skipped  no CUDA GPU visible.*",

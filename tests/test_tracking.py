@@ -243,7 +243,7 @@ def test_local_store_gets_a_run_per_case(local_session: tuple[Path, str, dict]) 
     # Injected parameters only (not the notebook's own defaults), plus the notebook's own call.
     assert params == {"x": "5", "inside": "5"}
     assert metrics == {"auc": 0.9, "loss": 0.25, "inside_metric": 1.5}
-    assert artifact_names(client, run.info.run_id) == {"good-train-cpu.ipynb", "m.json"}
+    assert artifact_names(client, run.info.run_id) == {"notebooks-good-train-cpu.ipynb", "m.json"}
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(root / "mlruns")
     # The model is registered with the pipeline's semantic version.
@@ -256,8 +256,8 @@ def test_failing_and_timed_out_cases_end_failed(local_session: tuple[Path, str, 
     root, _, results = local_session
     client = client_for(f"sqlite:///{(root / 'mlflow.db').resolve().as_posix()}")
     expected = {
-        "notebooks/bad.ipynb::score[cpu]": ("cell_error", {"bad-score-cpu.ipynb"}),
-        "notebooks/slow.ipynb::train[cpu]": ("timeout", {"slow-train-cpu.ipynb"}),
+        "notebooks/bad.ipynb::score[cpu]": ("cell_error", {"notebooks-bad-score-cpu.ipynb"}),
+        "notebooks/slow.ipynb::train[cpu]": ("timeout", {"notebooks-slow-train-cpu.ipynb"}),
     }
     for case_id, (kind, artifacts) in expected.items():
         result = results[case_id]
@@ -299,8 +299,9 @@ def test_server_runs_tags_params_metrics_artifacts(
     }.items() <= tags.items()
     assert params == {"x": "5", "inside": "5"}
     assert metrics == {"auc": 0.9, "loss": 0.25, "inside_metric": 1.5}
-    assert artifact_names(client, run.info.run_id) == {"good-train-cpu.ipynb", "m.json"}
-    notebook = client.download_artifacts(run.info.run_id, "good-train-cpu.ipynb", str(root))
+    assert artifact_names(client, run.info.run_id) == {"notebooks-good-train-cpu.ipynb", "m.json"}
+    notebook = client.download_artifacts(run.info.run_id, "notebooks-good-train-cpu.ipynb",
+                                         str(root))
     assert "token is [MASKED]" in Path(notebook).read_text() and TOKEN not in output
     (version,) = client.search_model_versions("name='good'")
     assert version.tags["gitlab.version"] == "1.2.3"
