@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs what tests/test_ci_file.py drives besides the Python venv:
+# Installs what tests/project/test_ci_file.py drives besides the Python venv:
 #   - rsync (Debian/Ubuntu package): gitlab-ci-local copies the checkout into its build folders with it;
 #   - Node 22 + gitlab-ci-local, from the npm registry, under .tools/ (the machine's Node may be
 #     older than the >= 22 that gitlab-ci-local 4.75 needs, so a private Node comes along);
-#   - PostgreSQL's server (Debian/Ubuntu package `postgresql`): tests/test_postgres.py starts a
+#   - PostgreSQL's server (Debian/Ubuntu package `postgresql`): tests/project/test_postgres.py starts a
 #     throwaway cluster of its own on loopback (an Optuna study shared by two training processes,
 #     an MLflow server on PostgreSQL). Only the binaries are wanted: no default cluster is made,
 #     and nothing is started here. A fresh machine spends ~30 s on it (47 MB of packages).

@@ -222,7 +222,8 @@ def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> 
     found = {}
     for case in data.cases:
         for path in case.result.figures.values():
-            local = resolve_file(path, folders.get(case.result.case_id, root), root)
+            folder = folders.get(case.result.case_id)
+            local = resolve_file(path, folder) if folder is not None else None
             if local is not None:
                 found[path] = local
     return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,14 +104,20 @@ def run_context(runs: Sequence[RunReports], env_ctx: CIContext) -> CIContext:
     return CIContext.from_dict({**ctx.to_dict(), **fill})
 
 
-def resolve_file(path: str, reports: Path, root: Path) -> Path | None:
-    """Find a file a result names (figure, output): paths are relative to the repository root
-    of the job that ran pytest; the CI also copies reports to other folders (nbgate-jobs/<job>/),
-    so a file under the reports tree is looked up in ``reports`` first."""
-    candidates = []
+def resolve_file(path: str, reports: Path) -> Path | None:
+    """Find a file a result names (a figure, an executed notebook) inside the reports folder.
+
+    Paths in metrics.json are relative to the repository root of the job that ran pytest, and
+    the CI copies reports to other folders (nbgate-jobs/<job>/), so the part from "figures" or
+    "notebooks" on is looked up under ``reports``. Nothing outside the reports folder is ever
+    read, whatever a results file says (it may come from anywhere).
+    """
     parts = Path(path).parts
+    base = reports.resolve()
     for marker in ("figures", "notebooks"):
-        if marker in parts:
-            candidates.append(reports.joinpath(*parts[parts.index(marker):]))
-    candidates += [root / path, Path(os.path.abspath(path))]
-    return next((c for c in candidates if c.is_file()), None)
+        if marker not in parts:
+            continue
+        candidate = reports.joinpath(*parts[parts.index(marker):]).resolve()
+        if candidate.is_relative_to(base) and candidate.is_file():
+            return candidate
+    return None

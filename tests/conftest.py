@@ -8,11 +8,7 @@ from pathlib import Path
 import pytest
 
 from nbgate.contract.codec import SCHEMA_FILE
-
-try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
-    from tests.gitlab_standin import GitLabStandIn
-except ImportError:
-    from gitlab_standin import GitLabStandIn
+from tests.support.gitlab_standin import GitLabStandIn
 
 
 @pytest.fixture
@@ -25,8 +21,8 @@ def gitlab_standin() -> Iterator[GitLabStandIn]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # tests/test_ci_file.py drives gitlab-ci-local, check-jsonschema and hadolint; `-m ci_file`
-    # runs just those, `-m "not ci_file"` everything else.
+    # tests/project/test_ci_file.py drives gitlab-ci-local, check-jsonschema and hadolint;
+    # `-m ci_file` runs just those, `-m "not ci_file"` everything else.
     config.addinivalue_line(
         "markers", "ci_file: checks .gitlab-ci.yml and the Dockerfile with the real CI tools"
     )
@@ -40,8 +36,8 @@ def every_metrics_json_matches_the_schema(
     folder) is checked with check-jsonschema against the published schema at the end."""
     yield
     base = tmp_path_factory.getbasetemp()
-    files = [str(p) for p in base.rglob("metrics.json")
-             if "schema1" not in p.parent.name]  # deliberate old-version copies
+    # Folders named "...invalid..." hold files broken on purpose (publish must refuse them).
+    files = [str(p) for p in base.rglob("metrics.json") if "invalid" not in p.parent.name]
     if not files:
         return
     tool = str(Path(sys.executable).with_name("check-jsonschema"))

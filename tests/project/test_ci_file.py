@@ -28,16 +28,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
-    from tests.gitlab_standin import GitLabStandIn
-    from tests.nbproject import write_notebook, write_pyproject
-except ImportError:
-    from gitlab_standin import GitLabStandIn
-    from nbproject import write_notebook, write_pyproject
+from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.nbproject import write_notebook, write_pyproject
 
 pytestmark = pytest.mark.ci_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CI_FILE = ROOT / ".gitlab-ci.yml"
 SHARDS_FILE = ROOT / ".gitlab" / "ci" / "train-shards.yml"  # included by CI_FILE
 DOCKERFILE = ROOT / "Dockerfile"

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_server import MlflowServer
-from nbproject import write_notebook, write_pyproject
-from postgres import PostgresCluster, find_bindir
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.mlflow_server import MlflowServer
+from tests.support.nbproject import write_notebook, write_pyproject
+from tests.support.postgres import PostgresCluster, find_bindir
+
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_CPU = "notebooks/training_example.ipynb::train[cpu]"
 N_TRIALS = 4
 

@@ -33,16 +33,12 @@ from reporting.junit import junit_xml
 from reporting.report_files import annotations, metric_prefixes, metrics_txt
 from reporting.summary import render_summary
 from reporting.terminal import case_lines, files_line
-from tests.builders import build_metrics, check, write_metrics_json
-
-try:  # tests/ is imported as a package or as a rootdir folder depending on pytest's mode
-    from tests.nbproject import write_notebook, write_pyproject
-except ImportError:
-    from nbproject import write_notebook, write_pyproject
+from tests.support.builders import build_metrics, check, write_metrics_json
+from tests.support.nbproject import write_notebook, write_pyproject
 
 pytest_plugins = ["pytester"]
 
-SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "junit.xsd"))
+SCHEMA = xmlschema.XMLSchema(str(Path(__file__).parents[1] / "support" / "data" / "junit.xsd"))
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nbproject import kernels_with, write_notebook, write_pyproject
 
 from nbgate.interrupt import SigtermHandler, Terminated
+from tests.support.nbproject import kernels_with, write_notebook, write_pyproject
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds kernels in /proc")
 

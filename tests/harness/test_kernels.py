@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from nbproject import process_alive, run_pytest, write_notebook, write_pyproject
 
 from nbgate.kernels import Kernel, KernelKey, KernelPool, kernel_environment, prestart_depth
+from tests.support.nbproject import process_alive, run_pytest, write_notebook, write_pyproject
 
 
 class CountingPool(KernelPool):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nbproject import write_notebook, write_pyproject
 
 from nbgate.config import RESERVED_MARKS, ConfigError, load_config
+from tests.support.nbproject import write_notebook, write_pyproject
 
 pytest_plugins = ["pytester"]
 

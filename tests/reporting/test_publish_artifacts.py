@@ -20,13 +20,8 @@ from reporting.packages import (
     semver_part,
 )
 from reporting.publish_artifacts import Declared, fetch_artifact, publish_artifacts
-
-try:
-    from tests.gitlab_standin import GitLabStandIn
-    from tests.test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
-except ImportError:
-    from gitlab_standin import GitLabStandIn
-    from test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
+from tests.reporting.test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
+from tests.support.gitlab_standin import GitLabStandIn
 
 MODEL = b'{"learner": {"gradient_booster": "tree"}}'
 ON_MAIN = {"CI_COMMIT_REF_NAME": "main"}  # a default-branch pipeline publishes releases

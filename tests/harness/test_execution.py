@@ -7,7 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from nbproject import junit_cases, run_pytest, write_notebook, write_pyproject
+
+from tests.support.nbproject import junit_cases, run_pytest, write_notebook, write_pyproject
 
 SECRET = "s3cr3t-value-for-nbgate"
 # Quote, backslash and non-ASCII: repr() and json.dumps() each write it differently.

@@ -16,15 +16,9 @@ import pytest
 
 from nbgate.cli import main
 from nbgate.contract.codec import read_metrics
-
-try:
-    from tests.gitlab_standin import GitLabStandIn
-    from tests.nbproject import run_pytest, write_notebook, write_pyproject
-    from tests.test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
-except ImportError:
-    from gitlab_standin import GitLabStandIn
-    from nbproject import run_pytest, write_notebook, write_pyproject
-    from test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
+from tests.reporting.test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
+from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 MAIN_SHA = "aaaaaaaa" + "0" * 32  # the default branch when R1 was trained
 BRANCH_SHA = "bbbbbbbb" + "1" * 32  # the MR's head commit

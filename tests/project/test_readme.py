@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from nbgate.contract.model import CaseResult
-from tests.builders import build_metrics, check, write_metrics_json
+from tests.support.builders import build_metrics, check, write_metrics_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
 # Words that start a shell command in this project's README (anything else in backticks is a

@@ -9,7 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from nbproject import junit_cases, run_pytest, write_notebook, write_pyproject
+
+from tests.support.nbproject import junit_cases, run_pytest, write_notebook, write_pyproject
 
 USER_TESTS = """
 import pytest

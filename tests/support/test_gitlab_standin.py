@@ -14,10 +14,7 @@ import pytest
 import requests
 from gitlab.v4.objects import Project, ProjectMergeRequest
 
-try:  # same module object as conftest uses, whichever way pytest imported tests/
-    from tests.gitlab_standin import GitLabStandIn
-except ImportError:
-    from gitlab_standin import GitLabStandIn
+from tests.support.gitlab_standin import GitLabStandIn
 
 SHA = "a" * 40
 

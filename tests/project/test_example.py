@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nbproject import junit_cases, run_pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.nbproject import junit_cases, run_pytest
+
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_CPU = "notebooks/training_example.ipynb::train[cpu]"
 TRAIN_GPU = "notebooks/training_example.ipynb::train[gpu]"
 SCORE_CPU = "notebooks/scoring_example.ipynb::score[cpu]"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nbproject import run_pytest, write_notebook, write_pyproject
 
 from nbgate.case_files import MANIFEST, ReportFiles
+from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 
 @pytest.fixture

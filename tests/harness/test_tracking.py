@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_server import MlflowServer, RecordingProxy, free_port
-from nbproject import run_pytest, write_notebook, write_pyproject
+
+from tests.support.mlflow_server import MlflowServer, RecordingProxy, free_port
+from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 # mlflow's sqlite store warns about its own use of sqlalchemy when the tests read runs back.
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")

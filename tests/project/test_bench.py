@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from nbproject import process_alive, write_notebook
+from tests.support.nbproject import process_alive, write_notebook
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # `bench` is a top-level package of the checkout, not installed
 
 from bench.report import Comparison  # noqa: E402

@@ -14,13 +14,8 @@ import pytest
 from nbgate.cli import main
 from reporting.comment import is_comment_for
 from reporting.publish_wiki import parse_page
-
-try:
-    from tests.gitlab_standin import GitLabStandIn
-    from tests.test_publish_mr import SHA, ci_env, pipeline_ctx, train_case, write_reports
-except ImportError:
-    from gitlab_standin import GitLabStandIn
-    from test_publish_mr import SHA, ci_env, pipeline_ctx, train_case, write_reports
+from tests.reporting.test_publish_mr import SHA, ci_env, pipeline_ctx, train_case, write_reports
+from tests.support.gitlab_standin import GitLabStandIn
 
 
 def project(root: Path) -> Path:

@@ -18,14 +18,10 @@ import pytest
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.model import CaseResult, Failure, Tracking
 from reporting.comment import decode_state, is_comment_for, marker
-from reporting.errors import PublishError, PublishSkipped
+from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.publish_mr import publish_mr
-from tests.builders import build_metrics, check, write_metrics_json
-
-try:
-    from tests.gitlab_standin import GitLabStandIn
-except ImportError:
-    from gitlab_standin import GitLabStandIn
+from tests.support.builders import build_metrics, check, write_metrics_json
+from tests.support.gitlab_standin import GitLabStandIn
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 BASE_SHA = "89abcdef0123456789abcdef0123456789abcdef"
@@ -547,3 +543,22 @@ def test_a_shared_optuna_study_shows_its_trial_count(mr: GitLabStandIn, tmp_path
     body = nbgate_notes(mr, 7)[0].body
     assert "Optuna study: **22** trials in all; these jobs ran 12 + 10." in body
 
+
+
+def test_nothing_outside_the_reports_folder_is_read_or_shown(
+    mr: GitLabStandIn, tmp_path: Path
+) -> None:
+    (tmp_path / "secret.txt").write_text("do not upload")
+    leaky = train_case(figures={"roc_curve": "secret.txt"})  # inside the repository, not reports/
+    publish(mr, [write_reports(tmp_path / "reports", [leaky])])
+    assert mr.uploads() == []
+    body = nbgate_notes(mr, 7)[0].body
+    assert "secret.txt" not in body and "![roc_curve]" not in body
+
+    document = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    document["cases"][0]["figures"] = {"x": "/etc/passwd"}
+    invalid = tmp_path / "reports-invalid"
+    invalid.mkdir()
+    (invalid / "metrics.json").write_text(json.dumps(document))
+    with pytest.raises(PublishUsageError, match=r"metrics\.json: cases\[0\]\.figures\.x: "):
+        publish(mr, [invalid])

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nbproject import run_pytest, write_notebook, write_pyproject
 
 from nbgate.cli import main as nbgate_main
 from nbgate.contract.model import CaseResult
@@ -25,7 +24,8 @@ from nbgate.shard import (
 )
 from reporting.publish_mr import publish_mr
 from reporting.shards import missing_shards
-from tests.builders import build_metrics, write_metrics_json
+from tests.support.builders import build_metrics, write_metrics_json
+from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 # -- the setting ------------------------------------------------------------------------------
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from nbproject import run_pytest
 
 from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import NbgateConfig, load_config
+from tests.support.nbproject import run_pytest
 
 TRAIN_A = "notebooks/train_a.ipynb"
 TRAIN_B = "notebooks/train_b.ipynb"

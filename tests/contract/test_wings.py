@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSER = "nbgate/cli.py"
 
 
@@ -69,6 +69,6 @@ def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
     try:
         found = crossings("reporting", allowed=("nbgate.contract",), forbidden=("nbgate",))
     finally:
-        globals()["ROOT"] = Path(__file__).resolve().parents[1]
+        globals()["ROOT"] = Path(__file__).resolve().parents[2]
     assert found == ["reporting/sneaky.py:2 imports nbgate.plugin",
                      "reporting/sneaky.py:2 imports nbgate.plugin.state_key"]

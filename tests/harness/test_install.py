@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nbproject import write_notebook, write_pyproject
+from tests.support.nbproject import write_notebook, write_pyproject
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
 
 

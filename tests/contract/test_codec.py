@@ -24,9 +24,9 @@ from nbgate.contract.codec import (
     read_metrics,
 )
 from nbgate.contract.model import CaseResult, Failure, Rule, Tracking
-from tests.builders import check
+from tests.support.builders import check
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "support" / "data"
 
 
 def full_case() -> CaseResult:

@@ -21,25 +21,14 @@ from reporting.publish_wiki import (
     split_row,
 )
 from reporting.reports_folder import load_reports
-
-try:
-    from tests.gitlab_standin import GitLabStandIn
-    from tests.test_publish_mr import (
-        Output,
-        ci_env,
-        pipeline_ctx,
-        train_case,
-        write_reports,
-    )
-except ImportError:
-    from gitlab_standin import GitLabStandIn
-    from test_publish_mr import (
-        Output,
-        ci_env,
-        pipeline_ctx,
-        train_case,
-        write_reports,
-    )
+from tests.reporting.test_publish_mr import (
+    Output,
+    ci_env,
+    pipeline_ctx,
+    train_case,
+    write_reports,
+)
+from tests.support.gitlab_standin import GitLabStandIn
 
 SLUG = "nbgate/train-history"
 

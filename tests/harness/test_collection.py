@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nbproject import run_pytest, write_notebook, write_pyproject
+
+from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 CONFIG = """
 [tool.nbgate.runners.cpu]
