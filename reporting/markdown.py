@@ -162,11 +162,16 @@ def is_web_url(url: object) -> bool:
     return isinstance(url, str) and url.startswith(("http://", "https://"))
 
 
+def link_target(url: str) -> str:
+    """A URL or relative path as a markdown link target: a space or ")" would end it."""
+    return url.replace(" ", "%20").replace(")", "%29")
+
+
 def link(text: str, url: str | None, prefix: str = "") -> str:
     """``[text](url)`` for an http(s) URL (escaped for markdown), else the escaped text."""
     if is_web_url(url):
         assert url is not None
-        return f"{prefix}[{md_cell(text)}]({url.replace(' ', '%20').replace(')', '%29')})"
+        return f"{prefix}[{md_cell(text)}]({link_target(url)})"
     return f"{prefix}{md_cell(text)}"
 
 
@@ -411,7 +416,7 @@ def figures_markdown(
             continue
         width = f"{max(30, 96 // len(result.figures))}%" if len(result.figures) > 1 else "60%"
         images = " ".join(
-            f"![{md_cell(name)}]({(url_for or str)(path).replace(' ', '%20')}){{width={width}}}"
+            f"![{md_cell(name)}]({link_target((url_for or str)(path))}){{width={width}}}"
             for name, path in result.figures.items()
         )
         blocks.append(f"**{md_cell(label(result))}**\n\n{images}")

@@ -12,6 +12,7 @@ from reporting.markdown import (
     failure_details,
     figures_markdown,
     link,
+    link_target,
     md_cell,
     md_safe,
     mlflow_hint,
@@ -92,7 +93,7 @@ def _links(
     notebooks = [r for r in results if r.executed_notebook]
     if notebooks:
         links = ", ".join(
-            f"[{md_cell(r.case_id)}]({link_for(r.executed_notebook or '').replace(' ', '%20')})"
+            f"[{md_cell(r.case_id)}]({link_target(link_for(r.executed_notebook or ''))})"
             for r in notebooks
         )
         lines.append(f"- Executed notebooks: {links}")
