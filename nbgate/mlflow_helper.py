@@ -1,23 +1,25 @@
 """The MLflow helper process: the only place nbgate imports mlflow.
 
 ``import mlflow`` and opening the local sqlite store cost ~3 s of CPU, more than a session of
-small notebooks. A pytest process that tracks starts this helper as it configures
-(``python -m nbgate.mlflow_helper``), so that cost is paid while kernels boot and pytest
-collects, not on the first case; under pytest-xdist the controller starts one helper and every
-worker talks to it, so the import is paid once per session, not once per worker. (Importing
-mlflow in a thread of the pytest process was rejected: imports in threads can deadlock.)
+small notebooks. pytest attaches to a helper (``python -m nbgate.mlflow_helper``) as it
+configures, so a cold start overlaps collection and kernel start-up, and outside CI the helper
+stays warm between sessions for an idle time, so later sessions find mlflow imported. Under
+pytest-xdist the workers share the controller's helper. (Importing mlflow in a thread of the
+pytest process was rejected: imports in threads can deadlock.)
 
 The pytest process builds every value it sends (already redacted); the helper only makes the
-MLflow calls. Protocol: one JSON object per line over a Unix socket, one reply per request in
-order. Requests: ``start`` (create a run with its tags and params), ``finish`` (metrics, tags,
-artifacts, model version and the final status in one batch), ``end`` (terminate a run) and
-``bye``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": one line, "reached": bool}``.
+MLflow calls, each in the environment and directory of the session that asked (a warm helper
+serves sessions one after another, or several at once). Protocol: one JSON object per line
+over a Unix socket, one reply per request in order. Requests: ``hello`` (the store, the
+environment, the directory), ``start`` (create a run with its tags and params), ``finish``
+(metrics, tags, artifacts, model version and the final status in one batch), ``end``
+(terminate a run) and ``bye``. Replies: ``{"ok": true, ...}`` or ``{"ok": false, "error": one
+line, "reached": bool}``.
 
-Lifetime: the helper reads nothing from its stdin, a pipe from the process that started it;
-end of file there (that process exited, however it exited) ends every run a client left open
-as KILLED and stops the helper. A client that disconnects has its open runs ended the same
-way. The helper ignores SIGINT: Ctrl-C reaches the whole process group, and pytest, not the
-helper, decides what an interrupted case's run becomes.
+Lifetime: a client that disconnects, however (pytest finished, crashed or was killed), has
+its open runs ended KILLED. The helper stops once no client has been connected for its idle
+time (0: when its one session leaves). It ignores SIGINT and SIGTERM: they reach the whole
+process group, and pytest, not the helper, decides what an interrupted case's run becomes.
 
 This module imports only the standard library at the top: nbgate.tracking imports its
 helpers, and pytest must not pay for mlflow while it collects.
@@ -35,6 +37,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -58,29 +61,25 @@ HARNESS_HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+FIRST_CLIENT_TIMEOUT = 60.0
 
 
 # -- the service -----------------------------------------------------------------------------
-@dataclass
-class _Connection:
-    sock: socket.socket
-    buffer: bytes = b""
-    open_runs: set[str] = field(default_factory=set)  # started here, not finished or ended
+class Store:
+    """The one tracking store a helper serves, opened once.
 
+    mlflow caches stores and database engines by URI for the life of the process, so a
+    helper never opens a store twice: a local store that was deleted, replaced or migrated
+    since is another store (``store_identity``), served by a new helper.
+    """
 
-class Service:
-    """The MLflow calls, behind the protocol. ``open()`` imports mlflow and opens the store."""
-
-    def __init__(self, tracking_uri: str, local_root: Path | None) -> None:
-        self.tracking_uri = tracking_uri
-        self.local_root = local_root  # set for the local sqlite store in the repository
-        self.display_uri = safe_uri(tracking_uri)
+    def __init__(self, uri: str, local_root: Path | None) -> None:
+        self.uri = uri
+        self.local_root = local_root  # set for the local sqlite store in a repository
+        self.display_uri = safe_uri(uri)
         self.client: Any = None
-        self.broken: str | None = None  # the store could not be opened: every request says so
-        self._unreachable: str | None = None  # a server that did not answer at all
-        self._experiments: dict[str, str] = {}
+        self.broken: str | None = None  # could not be opened: every request says so
 
-    # -- opening -------------------------------------------------------------------------
     def open(self) -> None:
         try:
             with _quiet():
@@ -89,89 +88,206 @@ class Service:
                 if self.local_root is not None:
                     with store_lock(self.local_root):
                         create_local_store(self.local_root)
-                        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                        self.client = MlflowClient(tracking_uri=self.uri)
                 else:
-                    self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                    self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as exc:
-            self.broken, _ = self._describe(exc)
+            self.client = None
+            self.broken, _ = describe_failure(self.display_uri, exc, self.local_root is not None)
             if self.local_root is not None:
                 self.broken += "; " + local_store_fix(self.local_root / LOCAL_STORE, exc)
+
+
+def warm_key(installation: str, uri: str, identity: str) -> str:
+    """The name of the warm helper for one installation and one store as it is now."""
+    return hashlib.sha1("\0".join((installation, uri, identity)).encode()).hexdigest()[:16]
+
+
+def store_identity(local_root: Path | None) -> str:
+    """What a local store is now: the sqlite file (device, inode) and its schema revision.
+
+    Read with the standard library in the pytest process, before it picks a warm helper.
+    """
+    if local_root is None:
+        return "server"
+    path = local_root / LOCAL_STORE
+    try:
+        info = path.stat()
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (OSError, sqlite3.Error):
+        return "absent" if not path.exists() else "unreadable"
+    return f"{info.st_dev}:{info.st_ino}:{row[0] if row else None}"
+
+
+@dataclass
+class _Connection:
+    """One client (a pytest process) and its session: which store, in which environment."""
+
+    sock: socket.socket
+    buffer: bytes = b""
+    store: Store | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the client's environment
+    cwd: str = "/"
+    open_runs: set[str] = field(default_factory=set)  # started here, not finished or ended
+    experiments: dict[str, str] = field(default_factory=dict)  # name -> id, this session only
+    unreachable: str | None = None  # a server that did not answer at all, this session
+
+
+class Service:
+    """The MLflow calls behind the protocol, for one store and any number of clients."""
+
+    def __init__(self, address: Path | None = None, installation: str | None = None) -> None:
+        self.store: Store | None = None
+        self.address = address  # a warm helper's socket, named by warm_key
+        self.installation = installation
+
+    @staticmethod
+    def preload(local: bool) -> None:
+        """Import what the first session needs before it asks (the ~3 s this helper hides)."""
+        with _quiet():
+            import mlflow
+
+            if local:
+                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     # -- requests ------------------------------------------------------------------------
     def handle(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         op = request.get("op")
+        if op == "hello":
+            conn.env, conn.cwd = request["env"], request["cwd"]
+            if self.store is None:  # every client asks for the same store: it is the key
+                root = request.get("local_root")
+                self.store = Store(request["uri"], Path(root) if root else None)
+                with self._as_client(conn):
+                    self.store.open()
+                self._rename_after_creating()
+            conn.store = self.store
+            return {"ok": True, "pid": os.getpid()}
         if op == "bye":
             self.end_all(conn, "KILLED")
             return {"ok": True}
-        if self.broken is not None:
-            return {"ok": False, "error": self.broken, "reached": True}
+        store = conn.store
+        if store is None:
+            return {"ok": False, "error": "nbgate's MLflow helper: no hello", "reached": True}
+        if store.broken is not None:
+            return {"ok": False, "error": store.broken, "reached": True}
         try:
-            with _quiet():
+            with self._as_client(conn):
                 if op == "start":
                     return self._start(request, conn)
                 if op == "finish":
                     return self._finish(request, conn)
                 if op == "end":
-                    self._end(request["run_id"], request.get("status", "KILLED"),
+                    self._end(conn, request["run_id"], request.get("status", "KILLED"),
                               request.get("tags") or {})
-                    conn.open_runs.discard(request["run_id"])
                     return {"ok": True}
         except Exception as exc:
-            message, reached = self._describe(exc)
+            local = store.local_root is not None
+            message, reached = describe_failure(store.display_uri, exc, local)
             if op == "finish":  # a run whose finish failed half-way still ends
-                self._end(request["run_id"], "FAILED", {})
-                conn.open_runs.discard(request["run_id"])
+                with self._as_client(conn):
+                    self._end(conn, request["run_id"], "FAILED", {})
             if not reached:
-                self._unreachable = message
+                conn.unreachable = message
             return {"ok": False, "error": message, "reached": reached}
         return {"ok": False, "error": f"nbgate's MLflow helper: unknown request {op!r}",
                 "reached": True}
 
+    def _rename_after_creating(self) -> None:
+        """A warm helper that created its store goes by the store's new identity, so the next
+        session (which finds the store) uses it instead of starting another."""
+        store, address = self.store, self.address
+        if store is None or store.local_root is None or address is None or not self.installation:
+            return
+        if address.stem != warm_key(self.installation, store.uri, "absent"):
+            return
+        identity = store_identity(store.local_root)
+        if identity in ("absent", "unreadable"):
+            return
+        target = address.with_name(warm_key(self.installation, store.uri, identity) + ".sock")
+        with contextlib.suppress(OSError):
+            if not target.exists():
+                os.rename(address, target)  # the listening socket follows its file
+                self.address = target
+                current = address.with_name(f"{self.installation}.current")
+                if _read(current) == address.stem:
+                    current.write_text(target.stem)
+
+    @contextlib.contextmanager
+    def _as_client(self, conn: _Connection) -> Iterator[None]:
+        """Run as the client would: its environment (token, HTTP settings) and directory.
+
+        mlflow reads its settings from the environment when it makes a request, so a helper
+        serving several sessions takes each one's environment for that session's calls.
+        """
+        saved, cwd = dict(os.environ), os.getcwd()
+        os.environ.clear()
+        os.environ.update(conn.env)
+        for name, value in HARNESS_HTTP_ENV.items():
+            os.environ.setdefault(name, value)
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        try:
+            with contextlib.suppress(OSError):
+                os.chdir(conn.cwd)
+            with _quiet():
+                yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
+
     def _start(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
-        if self._unreachable is not None:  # no need to wait for the same timeout once per case
-            return {"ok": False, "error": self._unreachable, "reached": False}
+        if conn.unreachable is not None:  # no need to wait for the same timeout once per case
+            return {"ok": False, "error": conn.unreachable, "reached": False}
         from mlflow.entities import Param
 
-        experiment_id = self._experiment_id(request["experiment"])
-        created = self.client.create_run(
+        client = conn.store.client  # type: ignore[union-attr]
+        experiment_id = self._experiment_id(conn, request["experiment"])
+        created = client.create_run(
             experiment_id, run_name=request["run_name"], tags=request.get("tags") or {}
         )
         run_id = created.info.run_id
         conn.open_runs.add(run_id)
         params = request.get("params") or {}
         if params:
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         return {"ok": True, "run_id": run_id, "experiment_id": str(experiment_id),
                 "artifact_uri": created.info.artifact_uri}
 
     def _finish(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         from mlflow.entities import Metric, RunTag
 
+        client = conn.store.client  # type: ignore[union-attr]
         run_id = request["run_id"]
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(value), now, 0) for name, value in request["metrics"]]
         tags = [RunTag(k, v) for k, v in (request.get("tags") or {}).items()]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.log_batch(run_id, metrics=metrics, tags=tags)
         with tempfile.TemporaryDirectory(prefix="nbgate-artifacts-") as scratch:
             for path, name in request.get("artifacts") or []:
-                self.client.log_artifact(run_id, _named(path, name, scratch))
+                client.log_artifact(run_id, _named(path, name, scratch))
             warned = []
             register = request.get("register")
             if register:
-                warning = self._register_model(run_id, register, metrics, scratch)
+                warning = self._register_model(conn, run_id, register, metrics, scratch)
                 if warning:
                     warned.append(warning)
-        self.client.set_terminated(run_id, request["status"])
+        client.set_terminated(run_id, request["status"])
         conn.open_runs.discard(run_id)
         return {"ok": True, "warnings": warned}
 
     def _register_model(
-        self, run_id: str, register: dict[str, Any], metrics: list[Any], scratch: str
+        self, conn: _Connection, run_id: str, register: dict[str, Any], metrics: list[Any],
+        scratch: str,
     ) -> str | None:
         """A model version (semver in tag ``gitlab.version``); a server without one only warns."""
         from mlflow.entities import RunTag
 
-        client = self.client
+        store = conn.store
+        assert store is not None
+        client = store.client
         name = register["name"]
         try:
             try:
@@ -197,52 +313,57 @@ class Service:
                     client.log_artifact(version.run_id, _named(path, artifact, scratch))
             client.set_tag(run_id, "nbgate.model_version", f"{name}/{version.version}")
         except Exception as exc:
-            reason, _ = self._describe(exc)
+            reason, _ = describe_failure(store.display_uri, exc, store.local_root is not None)
             return f"model {name} {register['version']} was not registered: {reason}"
         return None
 
-    def _experiment_id(self, name: str) -> str:
-        if name in self._experiments:
-            return self._experiments[name]
-        lock = store_lock(self.local_root) if self.local_root else contextlib.nullcontext()
+    def _experiment_id(self, conn: _Connection, name: str) -> str:
+        if name in conn.experiments:
+            return conn.experiments[name]
+        store = conn.store
+        assert store is not None
+        client = store.client
+        lock = store_lock(store.local_root) if store.local_root else contextlib.nullcontext()
         with lock:
-            experiment = self.client.get_experiment_by_name(name)
+            experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 location = None
-                if self.local_root is not None:  # next to the store, whatever the cwd
-                    folder = self.local_root / LOCAL_ARTIFACTS / _MODEL_NAME_UNSAFE.sub("-", name)
+                if store.local_root is not None:  # next to the store, whatever the cwd
+                    folder = store.local_root / LOCAL_ARTIFACTS / _MODEL_NAME_UNSAFE.sub("-", name)
                     location = folder.as_uri()
                 try:
-                    experiment_id = self.client.create_experiment(name, artifact_location=location)
+                    experiment_id = client.create_experiment(name, artifact_location=location)
                 except Exception:
                     # Another session on the same store may have created it just now.
-                    experiment = self.client.get_experiment_by_name(name)
+                    experiment = client.get_experiment_by_name(name)
                     if experiment is None:
                         raise
                     experiment_id = experiment.experiment_id
             else:
                 experiment_id = experiment.experiment_id
-        self._experiments[name] = str(experiment_id)
-        return self._experiments[name]
+        conn.experiments[name] = str(experiment_id)
+        return conn.experiments[name]
 
-    def _end(self, run_id: str, status: str, tags: dict[str, str]) -> None:
-        with contextlib.suppress(Exception), _quiet():
+    @staticmethod
+    def _end(conn: _Connection, run_id: str, status: str, tags: dict[str, str]) -> None:
+        conn.open_runs.discard(run_id)
+        client = conn.store.client if conn.store is not None else None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
             if tags:
                 from mlflow.entities import RunTag
 
-                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            self.client.set_terminated(run_id, status)
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            client.set_terminated(run_id, status)
 
     def end_all(self, conn: _Connection, status: str) -> None:
-        if self.client is None:
-            conn.open_runs.clear()
+        """The runs a client left open: its cases never finished (Ctrl-C, a crash)."""
+        if not conn.open_runs:
             return
-        for run_id in sorted(conn.open_runs):
-            self._end(run_id, status, {})
-        conn.open_runs.clear()
-
-    def _describe(self, exc: BaseException) -> tuple[str, bool]:
-        return describe_failure(self.display_uri, exc, local=self.local_root is not None)
+        with self._as_client(conn):
+            for run_id in sorted(conn.open_runs):
+                self._end(conn, run_id, status, {})
 
 
 def _named(path: str, name: str, scratch: str) -> str:
@@ -335,58 +456,88 @@ def _quiet() -> Iterator[None]:
 
 
 # -- the process -----------------------------------------------------------------------------
-def serve(listener: socket.socket, service: Service, lifeline: int) -> None:
-    """Answer clients until ``lifeline`` (the starter's pipe) reaches end of file."""
+def serve(
+    listener: socket.socket, service: Service, idle: float, current: Path | None = None
+) -> None:
+    """Answer clients; stop once none has been connected for ``idle`` seconds.
+
+    ``idle`` 0 is a helper for one session: it stops when its last client leaves. ``current``
+    names the installation's most recently used warm helper: an idle helper that is no longer
+    it stops at once, so a user (or a test suite) working on many repositories keeps one
+    idle helper warm, not one per repository.
+    """
+
     selector = selectors.DefaultSelector()
     listener.setblocking(False)
     selector.register(listener, selectors.EVENT_READ, "accept")
-    selector.register(lifeline, selectors.EVENT_READ, "lifeline")
     connections: dict[int, _Connection] = {}
+    # The starter connects at once; the first wait only guards against a starter that died.
+    quiet_since, allowed = time.monotonic(), max(idle, FIRST_CLIENT_TIMEOUT)
     while True:
-        for key, _ in selector.select():
-            if key.data == "lifeline":
-                if not os.read(lifeline, 4096):
-                    for conn in connections.values():
-                        service.end_all(conn, "KILLED")
-                    return
-            elif key.data == "accept":
+        timeout = None
+        if not connections:
+            timeout = quiet_since + allowed - time.monotonic()
+            me = service.address.stem if service.address else ""
+            if timeout <= 0 or (current is not None and _read(current) not in ("", me)):
+                return
+            if current is not None:
+                timeout = min(timeout, 1.0)  # look again soon
+        for key, _ in selector.select(timeout):
+            if key.data == "accept":
                 with contextlib.suppress(BlockingIOError):
                     sock, _ = listener.accept()
                     sock.setblocking(True)
                     connections[sock.fileno()] = _Connection(sock)
                     selector.register(sock, selectors.EVENT_READ, "client")
-            else:
-                conn = connections[key.fd]
+                continue
+            conn = connections[key.fd]
+            try:
                 data = conn.sock.recv(65536)
-                if not data:  # the client went away: its unfinished runs were interrupted
-                    service.end_all(conn, "KILLED")
-                    selector.unregister(conn.sock)
-                    conn.sock.close()
-                    del connections[key.fd]
-                    continue
-                conn.buffer += data
-                while b"\n" in conn.buffer:
-                    line, conn.buffer = conn.buffer.split(b"\n", 1)
-                    reply = service.handle(json.loads(line), conn)
-                    with contextlib.suppress(OSError):
-                        conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                data = b""
+            if not data:  # the client went away: its unfinished runs were interrupted
+                service.end_all(conn, "KILLED")
+                selector.unregister(conn.sock)
+                conn.sock.close()
+                del connections[key.fd]
+                quiet_since, allowed = time.monotonic(), idle
+                continue
+            conn.buffer += data
+            while b"\n" in conn.buffer:
+                line, conn.buffer = conn.buffer.split(b"\n", 1)
+                reply = service.handle(json.loads(line), conn)
+                with contextlib.suppress(OSError):
+                    conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def main(argv: list[str]) -> int:
-    """``python -m nbgate.mlflow_helper LISTEN_FD TRACKING_URI [LOCAL_ROOT]``."""
+    """``python -m nbgate.mlflow_helper LISTEN_FD IDLE [local] [current=PATH installation=KEY]``."""
     # Ctrl-C and a CI job's SIGTERM reach the whole process group: pytest decides what its
-    # interrupted cases' runs become, then closes the lifeline, and only then may this end.
+    # interrupted cases' runs become, and this helper ends what a client left open when the
+    # client goes, however it went.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     listener = socket.socket(fileno=int(argv[0]))
-    for name, value in HARNESS_HTTP_ENV.items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    service = Service(argv[1], Path(argv[2]) if len(argv) > 2 else None)
-    service.open()
-    serve(listener, service, sys.stdin.fileno())
+    options = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
+    current = Path(options["current"]) if "current" in options else None
+    address = Path(listener.getsockname()) if current is not None else None
+    service = Service(address, options.get("installation"))
+    with contextlib.suppress(Exception):  # a failed import is reported by the store's opening
+        service.preload(local="local" in argv[2:])
+    serve(listener, service, float(argv[1]), current)
+    if address is not None:  # its socket and log go with it (the small lock file stays)
+        for path in (service.address, address.with_suffix(".log")):
+            with contextlib.suppress(OSError):
+                path.unlink()
     # Every run is ended and every store call committed. A normal interpreter exit would now
-    # spend ~1 s tearing mlflow's modules down while pytest waits for this process to go.
+    # spend ~1 s tearing mlflow's modules down.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -8,14 +8,20 @@ declared outputs, registers a ``train`` pipeline's model as a model version when
 declares a ``version``, and ends the run FINISHED or FAILED to match the case. A run whose case
 never finished (Ctrl-C, a crash) is ended KILLED.
 
-The MLflow calls happen in a helper process (nbgate/mlflow_helper.py), started as pytest
-configures when the session will run notebooks: mlflow's import and the store's opening
-(~3 s) overlap pytest's collection and the first kernels' start-up instead of delaying the
-first case, and under pytest-xdist the workers share the controller's helper. A case costs two
-round trips: ``start`` (the run, its tags and params; requested as the case before it
-finishes, so it is usually ready) and ``finish`` (metrics, tags, artifacts, model, status in
-one batch). Everything sent passes through the case's Redactor first: values, and names
-(params, metrics, artifacts, the run and the model), where a secret becomes ``MASKED``.
+The MLflow calls happen in a helper process (nbgate/mlflow_helper.py): mlflow's import and
+the store's opening cost ~3 s of CPU, more than a session of small notebooks. The helper is
+attached as pytest configures when the session will run notebooks, so a cold start overlaps
+collection and the first kernels' start-up; under pytest-xdist the workers share the
+controller's. Outside CI the helper stays warm for ``NBGATE_MLFLOW_HELPER_IDLE`` seconds (600)
+after its last session, so the next session pays nothing for mlflow; it stops by itself, is
+found only by the same interpreter, packages and nbgate code, takes each session's
+environment, and checks a local store before each session (a store deleted, replaced or
+migrated since is opened afresh). In CI (``CI`` set) each session has its own helper.
+
+A case costs two round trips: ``start`` (the run, its tags and params; requested as the case
+before it finishes, so it is usually ready) and ``finish`` (metrics, tags, artifacts, model,
+status in one batch). Everything sent passes through the case's Redactor first: values, and
+names (params, metrics, artifacts, the run and the model), where a secret becomes ``MASKED``.
 
 Only calls that GitLab's MLflow endpoint (``/api/v4/projects/:id/ml/mlflow``) supports are
 made: experiments get/get-by-name/create, runs create/log-batch/update, ``log_artifact`` of
@@ -53,6 +59,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 
+from nbgate import mlflow_helper
 from nbgate.ci_context import CIContext
 from nbgate.mlflow_helper import (
     HARNESS_HTTP_ENV,
@@ -63,6 +70,8 @@ from nbgate.mlflow_helper import (
     describe_failure,
     http_status,
     safe_uri,
+    store_identity,
+    warm_key,
 )
 from nbgate.redact import MASK, Redactor
 from nbgate.result import CaseResult, Failure, Tracking
@@ -85,6 +94,9 @@ NAME_MASK = "MASKED"  # a secret in a name: "[MASKED]" is not a valid MLflow key
 # loaded machine) and a server gets retries (HARNESS_HTTP_ENV); past this the helper is stuck.
 REPLY_TIMEOUT = 300.0
 CLOSE_TIMEOUT = 30.0
+IDLE_ENV = "NBGATE_MLFLOW_HELPER_IDLE"
+DEFAULT_IDLE = 600.0
+HELPER_PROTOCOL = 1  # part of a warm helper's key: bump when requests or replies change
 _GITLAB_ENDPOINT = re.compile(r"^(?P<prefix>.*?)/api/v4/projects/(?P<project>[^/]+)/ml/mlflow/?$")
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _EXPERIMENT_CONFLICT = "because active experiment ID does not match environment run ID"
@@ -100,49 +112,103 @@ class HelperError(Exception):
 
 
 class Helper:
-    """One connection to the MLflow helper process (nbgate/mlflow_helper.py).
+    """One connection to an MLflow helper process (nbgate/mlflow_helper.py).
 
     Requests are numbered in the order sent and answered in that order, so a request can be
     sent now and its answer read later (a run created ahead of its case) without a thread.
     """
 
-    def __init__(self, sock: socket.socket, process: subprocess.Popen[bytes] | None = None,
-                 folder: Path | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.process = process  # set when this process started the helper and owns it
-        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None  # a helper for this session only
+        self.folder: Path | None = None  # that helper's private folder
+        self.log: Path | None = None
+        self._hello: int | None = None  # the hello request, answered with the helper's pid
+        self._pid: int | None = None
         self._sent = 0
         self._read = 0
         self._replies: dict[int, dict[str, Any]] = {}
         self._buffer = b""
 
     @classmethod
-    def spawn(cls, tracking_uri: str, local_root: Path | None, env: Mapping[str, str],
-              cwd: Path) -> Helper:
-        """Start a helper whose socket is listening before it runs: requests queue meanwhile."""
+    def attach(cls, uri: str, local_root: Path | None, env: Mapping[str, str],
+               cwd: Path) -> Helper:
+        """A helper for this session's store: the warm one of this installation, else a new one.
+
+        A warm helper stays ``helper_idle(env)`` seconds after its last session, so the next
+        session finds mlflow imported; in CI (nothing runs twice) each session has its own.
+        """
+        idle = helper_idle(env)
+        folder = rendezvous_folder() if idle > 0 else None
+        if folder is None:
+            helper = cls._private(local_root is not None, env)
+        else:
+            helper = cls._warm(folder, idle, uri, local_root, env)
+        helper.hello(uri, local_root, env, cwd)
+        return helper
+
+    @classmethod
+    def _warm(cls, folder: Path, idle: float, uri: str, local_root: Path | None,
+              env: Mapping[str, str]) -> Helper:
+        # A warm helper serves one store as it is now (see helper_key); one from before an
+        # upgrade, an edit or a change of the store is never used: it stops by itself.
+        installation = helper_key(idle)
+        key = warm_key(installation, uri, store_identity(local_root))
+        path = folder / f"{key}.sock"
+        # The most recently used helper of this installation: the others stop once idle.
+        _write_atomically(folder / f"{installation}.current", key)
+        with contextlib.suppress(HelperError):
+            return cls.connect(str(path))
+        with open(folder / f"{key}.lock", "a") as lock:
+            _flock(lock)  # two sessions starting at once start one helper
+            with contextlib.suppress(HelperError):
+                return cls.connect(str(path))
+            path.unlink(missing_ok=True)  # left by a helper that was killed
+            cls._start(path, idle, local_root is not None, env, folder / f"{key}.log",
+                       detach=True, current=folder / f"{installation}.current",
+                       installation=installation)
+            helper = cls.connect(str(path))
+        helper.log = folder / f"{key}.log"
+        return helper
+
+    @classmethod
+    def _private(cls, local: bool, env: Mapping[str, str]) -> Helper:
         folder = Path(tempfile.mkdtemp(prefix="nbgate-mlflow-"))  # mode 0700: this user only
-        path = folder / "helper.sock"
+        try:
+            process = cls._start(folder / "helper.sock", 0, local, env, folder / "helper.log",
+                                 detach=False)
+            helper = cls.connect(str(folder / "helper.sock"))
+        except HelperError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        helper.process, helper.folder, helper.log = process, folder, folder / "helper.log"
+        return helper
+
+    @staticmethod
+    def _start(path: Path, idle: float, local: bool, env: Mapping[str, str], log: Path,
+               detach: bool, current: Path | None = None,
+               installation: str | None = None) -> subprocess.Popen[bytes]:
+        """Start a helper on a socket that listens before it runs: requests queue meanwhile."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(path))
             listener.listen(64)
             argv = [sys.executable, "-m", "nbgate.mlflow_helper", str(listener.fileno()),
-                    tracking_uri]
-            if local_root is not None:
-                argv.append(str(local_root))
-            with open(folder / "helper.log", "wb") as log:
-                process = subprocess.Popen(
-                    argv, cwd=cwd, env=dict(env), stdin=subprocess.PIPE, stdout=log,
-                    stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),),
+                    f"{idle:g}", *(["local"] if local else []),
+                    *([f"current={current}", f"installation={installation}"] if current else [])]
+            with open(log, "wb") as out:
+                return subprocess.Popen(
+                    argv, env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=(listener.fileno(),), cwd="/",
+                    # A warm helper is no part of the session that started it: Ctrl-C and the
+                    # session's end leave it alone; it stops by itself once idle.
+                    start_new_session=detach,
                 )
         except OSError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
             raise HelperError(f"nbgate's MLflow helper process could not start: {exc}") from exc
         finally:
             listener.close()
-        helper = cls.connect(str(path))
-        helper.process, helper.folder = process, folder
-        return helper
 
     @classmethod
     def connect(cls, path: str) -> Helper:
@@ -153,6 +219,23 @@ class Helper:
             sock.close()
             raise HelperError(f"nbgate's MLflow helper at {path} did not answer: {exc}") from exc
         return cls(sock)
+
+    def hello(self, uri: str, local_root: Path | None, env: Mapping[str, str], cwd: Path) -> None:
+        """Say which store this session uses, in which environment (token, HTTP settings).
+
+        Not waited for: a cold helper answers once mlflow is imported, and pytest goes on
+        collecting and starting kernels meanwhile. The first run's request waits instead.
+        """
+        self._hello = self.send({"op": "hello", "uri": uri, "cwd": str(cwd), "env": dict(env),
+                                 "local_root": str(local_root) if local_root else None})
+
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id (waits for its answer to hello)."""
+        if self._pid is None and self._hello is not None:
+            with contextlib.suppress(HelperError):
+                self._pid = self.reply(self._hello).get("pid")
+        return self._pid
 
     @property
     def socket_path(self) -> str:
@@ -193,15 +276,13 @@ class Helper:
         return self.reply(self.send(request), timeout)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Say goodbye (the helper ends this connection's open runs KILLED), then stop it."""
+        """Say goodbye: the helper ends this session's open runs KILLED (after the ones the
+        session ended itself); a session's own helper then stops, a warm one waits."""
         with contextlib.suppress(HelperError, OSError):
             self.call({"op": "bye"}, timeout)
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.process is not None:
-            with contextlib.suppress(OSError):
-                if self.process.stdin is not None:
-                    self.process.stdin.close()  # end of file on its lifeline: it exits
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -212,15 +293,71 @@ class Helper:
 
     def _gone(self, why: str) -> str:
         tail = ""
-        if self.process is not None and self.folder is not None:
-            with contextlib.suppress(OSError):
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(2)
+        if self.log is not None:
             with contextlib.suppress(OSError):
-                lines = (self.folder / "helper.log").read_text(errors="replace").strip()
+                lines = self.log.read_text(errors="replace").strip()
                 tail = lines.splitlines()[-1] if lines else ""
         return "nbgate's MLflow helper process stopped answering (" + why + ")" + (
             f": {clip(tail, 300)}" if tail else ""
         )
+
+
+def helper_idle(env: Mapping[str, str]) -> float:
+    """Seconds a warm helper waits for the next session: ``NBGATE_MLFLOW_HELPER_IDLE``, else
+    0 in CI (every job starts afresh, so nothing would use it) and 600 elsewhere."""
+    configured = env.get(IDLE_ENV, "").strip()
+    if configured:
+        with contextlib.suppress(ValueError):
+            value = float(configured)
+            if math.isfinite(value):
+                return max(0.0, value)
+    return 0.0 if env.get("CI") else DEFAULT_IDLE
+
+
+def rendezvous_folder() -> Path | None:
+    """Where sessions find the warm helper: a folder only this user can enter, else None."""
+    folder = Path(tempfile.gettempdir()) / f"nbgate-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or len(str(folder)) > 80:
+        return None  # someone else's folder, open to others, or too long for a socket path
+    return folder
+
+
+def helper_key(idle: float) -> str:
+    """The installation a warm helper belongs to: this interpreter, its installed packages
+    (an install or upgrade changes site-packages' entries, so its mtime), nbgate's helper and
+    client code, and the idle time asked for."""
+    import hashlib
+    import sysconfig
+
+    parts = [os.path.realpath(sys.executable), f"{idle:g}", str(HELPER_PROTOCOL)]
+    for path in (sysconfig.get_paths()["purelib"], __file__, mlflow_helper.__file__):
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            parts.append(f"{path}:{info.st_mtime_ns}:{info.st_size}")
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+def _flock(handle: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: two sessions may each start a helper; one serves both
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 @dataclass
@@ -275,18 +412,25 @@ class Tracker:
         return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
     # -- the helper --------------------------------------------------------------------------
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper process this session talks to (None before its first call)."""
+        return self._helper.pid if self._helper is not None else None
+
     def helper(self) -> Helper:
         """The connection to the helper: the xdist controller's, else one this process starts."""
         if self._helper is None:
             if self._helper_problem is not None:
                 raise HelperError(self._helper_problem)
+            env = {**self.env, "MLFLOW_DISABLE_TELEMETRY": "true"}
+            local = self.root.resolve() if self.is_local else None
             try:
                 if self._worker_socket is not None:
-                    self._helper = Helper.connect(self._worker_socket)
+                    helper = Helper.connect(self._worker_socket)
+                    helper.hello(self.tracking_uri, local, env, Path.cwd())
+                    self._helper = helper
                 else:
-                    env = {**self.env, "MLFLOW_DISABLE_TELEMETRY": "true"}
-                    local = self.root.resolve() if self.is_local else None
-                    self._helper = Helper.spawn(self.tracking_uri, local, env, self.root)
+                    self._helper = Helper.attach(self.tracking_uri, local, env, Path.cwd())
             except HelperError as exc:
                 self._helper_problem = str(exc)
                 raise

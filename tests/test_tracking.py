@@ -125,6 +125,9 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):  # the controller under pytest-xdist
         Path("results.json").write_text(json.dumps(RESULTS))
+        tracker = session.config.pluginmanager.get_plugin("nbgate-tracking")
+        if tracker is not None and tracker.helper_pid:  # the MLflow helper it talked to
+            Path("helper.pid").write_text(str(tracker.helper_pid))
 """
 
 
@@ -140,11 +143,16 @@ def make_project(root: Path, names: list[str]) -> Path:
     return root
 
 
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+# Inner sessions share a warm helper, as a user's sessions do, that stops soon after the last.
+WARM = "20"
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch, idle: str = WARM) -> None:
     """Inner sessions must not see the outer CI job's tracking server or CI variables."""
     for name in list(os.environ):
         if name.startswith(("MLFLOW_", "CI_")) or name in ("CI", "GITLAB_CI"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("NBGATE_MLFLOW_HELPER_IDLE", idle)
 
 
 def results_of(root: Path) -> dict[str, dict[str, Any]]:
@@ -311,27 +319,25 @@ def runs_of(root: Path, experiment: str) -> list[Any]:
     return client.search_runs([found.experiment_id])
 
 
-def helpers_for(root: Path) -> list[int]:
-    """Running MLflow helper processes started for the project at ``root``."""
-    pids = []
+def helpers_started_by(pid: int) -> list[int]:
+    """Running MLflow helper processes whose parent is ``pid``."""
+    found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
-        mine = b"nbgate.mlflow_helper" in argv and str(root.resolve()).encode() in argv
-        if mine and process_alive(int(proc.name)):
-            pids.append(int(proc.name))
-    return pids
+        if parent == pid and b"nbgate.mlflow_helper" in argv and process_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
 
 
 def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = make_project(tmp_path, ["waits"])
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")  # a helper for this session only, as in CI
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=root, env=env,
@@ -342,7 +348,7 @@ def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
         while not (root / "started.flag").exists():
             assert process.poll() is None and time.monotonic() < deadline, process.stdout
             time.sleep(0.1)
-        assert helpers_for(root)
+        (helper,) = helpers_started_by(process.pid)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
         output = process.communicate(timeout=60)[0].decode()
     finally:
@@ -353,7 +359,56 @@ def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
     (run,) = runs_of(root, "notebooks/waits.ipynb::train")
     assert run.info.status == "KILLED", output
     assert run.data.tags["nbgate.outcome"] == "interrupted"
-    assert helpers_for(root) == []
+    assert not process_alive(helper)
+
+
+def test_a_warm_helper_serves_the_next_session_and_never_a_stale_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    case = "notebooks/plain.ipynb::train[cpu]"
+    output, results = run_session(root)  # creates the store
+    assert results[case]["outcome"] == "passed", output
+    first = int((root / "helper.pid").read_text())
+    assert process_alive(first)  # warm after its session
+
+    output, results = run_session(root)
+    assert results[case]["outcome"] == "passed", output
+    assert int((root / "helper.pid").read_text()) == first  # mlflow was not imported again
+
+    (root / "mlflow.db").rename(root / "earlier.db")  # the user moves the store away
+    output, results = run_session(root)
+    third = results[case]
+    assert third["outcome"] == "passed", output
+    assert int((root / "helper.pid").read_text()) != first  # not the helper of the old store
+    # The run went to a new store at the store's path, not to the file the old helper had open.
+    (run,) = runs_of(root, "notebooks/plain.ipynb::train")
+    assert run.info.run_id == third["tracking"]["run_id"] and run.info.status == "FINISHED"
+    earlier = client_for(f"sqlite:///{(root / 'earlier.db').resolve().as_posix()}")
+    (experiment,) = [e for e in earlier.search_experiments() if e.name.startswith("notebooks/")]
+    assert len(earlier.search_runs([experiment.experiment_id])) == 2
+    deadline = time.monotonic() + 30
+    while process_alive(first):  # no longer the installation's current helper: it stops
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_helper_ends_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch, idle="2")
+    output, results = run_session(root)
+    assert results["notebooks/plain.ipynb::train[cpu]"]["outcome"] == "passed", output
+    warm = int((root / "helper.pid").read_text())
+    deadline = time.monotonic() + 60
+    while process_alive(warm):  # 2 s after its last session
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # In CI each session has its own helper, gone when the session is.
+    monkeypatch.delenv("NBGATE_MLFLOW_HELPER_IDLE")
+    output, results = run_session(root, {"CI": "true"})
+    assert results["notebooks/plain.ipynb::train[cpu]"]["outcome"] == "passed", output
+    assert not process_alive(int((root / "helper.pid").read_text()))
 
 
 # Arms a fault in every process of an inner session that opens an sqlite store with MLflow:
@@ -606,7 +661,7 @@ def test_unreachable_server_fails_the_case_fast(
 ) -> None:
     from nbgate.tracking import Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracker = Tracker(tmp_path, optional=False)
@@ -631,7 +686,7 @@ def test_unreachable_server_is_a_warning_when_tracking_is_optional(
 ) -> None:
     from nbgate.tracking import NbgateTrackingWarning, Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's setting wins
@@ -650,7 +705,7 @@ def test_bad_token_is_a_warning_when_tracking_is_optional(
 ) -> None:
     from nbgate.tracking import NbgateTrackingWarning, Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     with RecordingProxy(server.url, token=TOKEN) as proxy:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
         monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", WRONG_TOKEN)
