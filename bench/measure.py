@@ -88,7 +88,7 @@ def _call(command: Command, env: Mapping[str, str], out: IO[str], timeout: float
     Its own session makes it a process group: kernels and xdist workers go with it.
     """
     process = subprocess.Popen(
-        command.argv, cwd=command.cwd, env=dict(env), stdout=out, stderr=out,
+        command.argv, cwd=command.cwd, env={**env, **dict(command.env)}, stdout=out, stderr=out,
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
     try:

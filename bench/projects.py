@@ -205,6 +205,7 @@ def _write_pyproject(root: Path, pipelines: list[str]) -> None:
 class Command:
     argv: tuple[str, ...]
     cwd: Path
+    env: tuple[tuple[str, str], ...] = ()  # set for this command only
 
 
 @dataclass(frozen=True)
@@ -224,11 +225,12 @@ def tool(name: str) -> tuple[str, ...]:
 
 def nbgate(
     key: str, label: str, project: Project, *extra: str, tracking: bool = True,
-    warmup: bool = False,
+    warmup: bool = False, env: tuple[tuple[str, str], ...] = (),
 ) -> Variant:
     """nbgate's default run of the project (tracking on); ``tracking=False`` turns it off."""
     flags = (*PYTEST_FLAGS, *(() if tracking else NO_TRACKING), *extra)
-    return Variant(key, label, (Command((*tool("pytest"), *flags), project.root),), warmup=warmup)
+    command = Command((*tool("pytest"), *flags), project.root, env)
+    return Variant(key, label, (command,), warmup=warmup)
 
 
 def nbmake(key: str, label: str, project: Project, warmup: bool = False) -> Variant:

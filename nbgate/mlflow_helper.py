@@ -62,15 +62,16 @@ HARNESS_HTTP_ENV = {
 }
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 FIRST_CLIENT_TIMEOUT = 60.0
+RETIRE_GRACE = 0.5  # a retiring helper's last look for a session that was connecting
 
 
 # -- the service -----------------------------------------------------------------------------
 class Store:
-    """The one tracking store a helper serves, opened once.
+    """A tracking store as a helper opened it, once.
 
     mlflow caches stores and database engines by URI for the life of the process, so a
-    helper never opens a store twice: a local store that was deleted, replaced or migrated
-    since is another store (``store_identity``), served by a new helper.
+    helper never opens a URI twice: a local store deleted, replaced or migrated since it was
+    opened (``store_identity`` changed) is served by a new helper, and this one retires.
     """
 
     def __init__(self, uri: str, local_root: Path | None) -> None:
@@ -96,11 +97,6 @@ class Store:
             self.broken, _ = describe_failure(self.display_uri, exc, self.local_root is not None)
             if self.local_root is not None:
                 self.broken += "; " + local_store_fix(self.local_root / LOCAL_STORE, exc)
-
-
-def warm_key(installation: str, uri: str, identity: str) -> str:
-    """The name of the warm helper for one installation and one store as it is now."""
-    return hashlib.sha1("\0".join((installation, uri, identity)).encode()).hexdigest()[:16]
 
 
 def store_identity(local_root: Path | None) -> str:
@@ -135,12 +131,20 @@ class _Connection:
 
 
 class Service:
-    """The MLflow calls behind the protocol, for one store and any number of clients."""
+    """The MLflow calls behind the protocol, for any number of clients and stores."""
 
-    def __init__(self, address: Path | None = None, installation: str | None = None) -> None:
-        self.store: Store | None = None
-        self.address = address  # a warm helper's socket, named by warm_key
-        self.installation = installation
+    def __init__(self, address: Path | None = None) -> None:
+        self.stores: dict[str, Store] = {}  # by tracking URI
+        self.identities: dict[str, str] = {}  # what each local store was when opened
+        self.address = address  # a warm helper's socket file
+        self.retired = False  # no new sessions: it stops when its clients have gone
+
+    def retire(self) -> None:
+        """Take no new session (the next one starts a new helper); stop once idle."""
+        self.retired = True
+        if self.address is not None:
+            with contextlib.suppress(OSError):
+                self.address.unlink()
 
     @staticmethod
     def preload(local: bool) -> None:
@@ -155,15 +159,7 @@ class Service:
     def handle(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
-            conn.env, conn.cwd = request["env"], request["cwd"]
-            if self.store is None:  # every client asks for the same store: it is the key
-                root = request.get("local_root")
-                self.store = Store(request["uri"], Path(root) if root else None)
-                with self._as_client(conn):
-                    self.store.open()
-                self._rename_after_creating()
-            conn.store = self.store
-            return {"ok": True, "pid": os.getpid()}
+            return self._hello(request, conn)
         if op == "bye":
             self.end_all(conn, "KILLED")
             return {"ok": True}
@@ -194,25 +190,22 @@ class Service:
         return {"ok": False, "error": f"nbgate's MLflow helper: unknown request {op!r}",
                 "reached": True}
 
-    def _rename_after_creating(self) -> None:
-        """A warm helper that created its store goes by the store's new identity, so the next
-        session (which finds the store) uses it instead of starting another."""
-        store, address = self.store, self.address
-        if store is None or store.local_root is None or address is None or not self.installation:
-            return
-        if address.stem != warm_key(self.installation, store.uri, "absent"):
-            return
-        identity = store_identity(store.local_root)
-        if identity in ("absent", "unreadable"):
-            return
-        target = address.with_name(warm_key(self.installation, store.uri, identity) + ".sock")
-        with contextlib.suppress(OSError):
-            if not target.exists():
-                os.rename(address, target)  # the listening socket follows its file
-                self.address = target
-                current = address.with_name(f"{self.installation}.current")
-                if _read(current) == address.stem:
-                    current.write_text(target.stem)
+    def _hello(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
+        uri, root, identity = request["uri"], request.get("local_root"), request.get("identity")
+        known = self.identities.get(uri)
+        if self.retired or (identity is not None and known not in (None, identity)):
+            # The store changed since this helper opened it (see Store): a new helper serves it.
+            self.retire()
+            return {"ok": False, "retry": True}
+        conn.env, conn.cwd = request["env"], request["cwd"]
+        if uri not in self.stores:
+            store = self.stores[uri] = Store(uri, Path(root) if root else None)
+            with self._as_client(conn):
+                store.open()
+            # What it is now that it is open (and created, on a first run).
+            self.identities[uri] = store_identity(store.local_root)
+        conn.store = self.stores[uri]
+        return {"ok": True, "pid": os.getpid()}
 
     @contextlib.contextmanager
     def _as_client(self, conn: _Connection) -> Iterator[None]:
@@ -456,32 +449,41 @@ def _quiet() -> Iterator[None]:
 
 
 # -- the process -----------------------------------------------------------------------------
-def serve(
-    listener: socket.socket, service: Service, idle: float, current: Path | None = None
-) -> None:
+def serve(listener: socket.socket, service: Service, idle: float) -> None:
     """Answer clients; stop once none has been connected for ``idle`` seconds.
 
-    ``idle`` 0 is a helper for one session: it stops when its last client leaves. ``current``
-    names the installation's most recently used warm helper: an idle helper that is no longer
-    it stops at once, so a user (or a test suite) working on many repositories keeps one
-    idle helper warm, not one per repository.
+    ``idle`` 0 is a helper for one session: it stops when its last client leaves. A retired
+    helper stops as soon as its last client leaves. A warm helper retires before it stops
+    (its socket file goes), then looks once more for a session that connected just then:
+    that one is told to start a new helper rather than left unanswered.
     """
-
     selector = selectors.DefaultSelector()
     listener.setblocking(False)
     selector.register(listener, selectors.EVENT_READ, "accept")
     connections: dict[int, _Connection] = {}
     # The starter connects at once; the first wait only guards against a starter that died.
     quiet_since, allowed = time.monotonic(), max(idle, FIRST_CLIENT_TIMEOUT)
+    try:
+        _serve(selector, listener, service, idle, connections, quiet_since, allowed)
+    except Stopped:  # SIGTERM to a warm helper: what its clients left open was interrupted
+        for conn in connections.values():
+            service.end_all(conn, "KILLED")
+
+
+def _serve(
+    selector: selectors.BaseSelector, listener: socket.socket, service: Service, idle: float,
+    connections: dict[int, _Connection], quiet_since: float, allowed: float,
+) -> None:
     while True:
         timeout = None
         if not connections:
             timeout = quiet_since + allowed - time.monotonic()
-            me = service.address.stem if service.address else ""
-            if timeout <= 0 or (current is not None and _read(current) not in ("", me)):
-                return
-            if current is not None:
-                timeout = min(timeout, 1.0)  # look again soon
+            if timeout <= 0:
+                if service.retired or service.address is None:
+                    return
+                service.retire()
+                quiet_since, allowed = time.monotonic(), RETIRE_GRACE
+                continue
         for key, _ in selector.select(timeout):
             if key.data == "accept":
                 with contextlib.suppress(BlockingIOError):
@@ -500,7 +502,8 @@ def serve(
                 selector.unregister(conn.sock)
                 conn.sock.close()
                 del connections[key.fd]
-                quiet_since, allowed = time.monotonic(), idle
+                quiet_since = time.monotonic()
+                allowed = RETIRE_GRACE if service.retired else idle
                 continue
             conn.buffer += data
             while b"\n" in conn.buffer:
@@ -510,32 +513,35 @@ def serve(
                     conn.sock.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
+class Stopped(Exception):
+    """SIGTERM reached a warm helper (someone stopped it by hand)."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped
 
 
 def main(argv: list[str]) -> int:
-    """``python -m nbgate.mlflow_helper LISTEN_FD IDLE [local] [current=PATH installation=KEY]``."""
-    # Ctrl-C and a CI job's SIGTERM reach the whole process group: pytest decides what its
-    # interrupted cases' runs become, and this helper ends what a client left open when the
-    # client goes, however it went.
+    """``python -m nbgate.mlflow_helper LISTEN_FD IDLE_SECONDS [local] [warm]``."""
+    # Ctrl-C and a CI job's SIGTERM reach the whole process group of a session's own helper:
+    # pytest decides what its interrupted cases' runs become, and the helper ends what a
+    # client left open when the client goes, however it went. A warm helper is in a session
+    # of its own: SIGTERM reaches it only when sent to it, and stops it.
+    warm = "warm" in argv[2:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop if warm else signal.SIG_IGN)
     listener = socket.socket(fileno=int(argv[0]))
-    options = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
-    current = Path(options["current"]) if "current" in options else None
-    address = Path(listener.getsockname()) if current is not None else None
-    service = Service(address, options.get("installation"))
+    # A warm helper's socket is in the shared folder, found by name: it removes it when done.
+    address = Path(listener.getsockname()) if warm else None
+    service = Service(address)
     with contextlib.suppress(Exception):  # a failed import is reported by the store's opening
         service.preload(local="local" in argv[2:])
-    serve(listener, service, float(argv[1]), current)
-    if address is not None:  # its socket and log go with it (the small lock file stays)
-        for path in (service.address, address.with_suffix(".log")):
-            with contextlib.suppress(OSError):
-                path.unlink()
+    serve(listener, service, float(argv[1]))
+    if address is not None:  # its socket (unless retired already) and log go with it
+        if not service.retired:
+            service.retire()
+        with contextlib.suppress(OSError):
+            address.with_suffix(".log").unlink()
     # Every run is ended and every store call committed. A normal interpreter exit would now
     # spend ~1 s tearing mlflow's modules down.
     sys.stdout.flush()

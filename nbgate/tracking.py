@@ -13,10 +13,11 @@ the store's opening cost ~3 s of CPU, more than a session of small notebooks. Th
 attached as pytest configures when the session will run notebooks, so a cold start overlaps
 collection and the first kernels' start-up; under pytest-xdist the workers share the
 controller's. Outside CI the helper stays warm for ``NBGATE_MLFLOW_HELPER_IDLE`` seconds (600)
-after its last session, so the next session pays nothing for mlflow; it stops by itself, is
-found only by the same interpreter, packages and nbgate code, takes each session's
-environment, and checks a local store before each session (a store deleted, replaced or
-migrated since is opened afresh). In CI (``CI`` set) each session has its own helper.
+after its last session, so the next session pays nothing for mlflow. It stops by itself; it
+is found only by the same interpreter, installed packages and nbgate code; it makes each call
+in the asking session's environment; and it never serves a stale store: a local store
+deleted, replaced or migrated since the helper opened it makes it retire, and a new helper
+serves the session. In CI (``CI`` set) each session has its own helper.
 
 A case costs two round trips: ``start`` (the run, its tags and params; requested as the case
 before it finishes, so it is usually ready) and ``finish`` (metrics, tags, artifacts, model,
@@ -71,7 +72,6 @@ from nbgate.mlflow_helper import (
     http_status,
     safe_uri,
     store_identity,
-    warm_key,
 )
 from nbgate.redact import MASK, Redactor
 from nbgate.result import CaseResult, Failure, Tracking
@@ -133,7 +133,7 @@ class Helper:
     @classmethod
     def attach(cls, uri: str, local_root: Path | None, env: Mapping[str, str],
                cwd: Path) -> Helper:
-        """A helper for this session's store: the warm one of this installation, else a new one.
+        """A helper for this session's store: the installation's warm one, else a new one.
 
         A warm helper stays ``helper_idle(env)`` seconds after its last session, so the next
         session finds mlflow imported; in CI (nothing runs twice) each session has its own.
@@ -142,33 +142,41 @@ class Helper:
         folder = rendezvous_folder() if idle > 0 else None
         if folder is None:
             helper = cls._private(local_root is not None, env)
-        else:
-            helper = cls._warm(folder, idle, uri, local_root, env)
-        helper.hello(uri, local_root, env, cwd)
-        return helper
+            helper.hello(uri, local_root, None, env, cwd)
+            return helper
+        return cls._warm(folder, idle, uri, local_root, env, cwd)
 
     @classmethod
     def _warm(cls, folder: Path, idle: float, uri: str, local_root: Path | None,
-              env: Mapping[str, str]) -> Helper:
-        # A warm helper serves one store as it is now (see helper_key); one from before an
-        # upgrade, an edit or a change of the store is never used: it stops by itself.
-        installation = helper_key(idle)
-        key = warm_key(installation, uri, store_identity(local_root))
+              env: Mapping[str, str], cwd: Path) -> Helper:
+        # One per installation (see helper_key): a helper from before an upgrade or an edit
+        # is never used, it just stops when its time is up.
+        key = helper_key(idle)
         path = folder / f"{key}.sock"
-        # The most recently used helper of this installation: the others stop once idle.
-        _write_atomically(folder / f"{installation}.current", key)
-        with contextlib.suppress(HelperError):
-            return cls.connect(str(path))
+        identity = store_identity(local_root)
+
+        def existing() -> Helper | None:
+            with contextlib.suppress(HelperError):
+                helper = cls.connect(str(path))
+                if helper.hello(uri, local_root, identity, env, cwd, wait=True):
+                    return helper
+                helper.close()  # it retired: the store changed since it opened it
+            return None
+
+        helper = existing()
+        if helper is not None:
+            return helper
         with open(folder / f"{key}.lock", "a") as lock:
             _flock(lock)  # two sessions starting at once start one helper
-            with contextlib.suppress(HelperError):
-                return cls.connect(str(path))
-            path.unlink(missing_ok=True)  # left by a helper that was killed
+            helper = existing()
+            if helper is not None:
+                return helper
+            path.unlink(missing_ok=True)  # left by a helper that was killed, or retired
             cls._start(path, idle, local_root is not None, env, folder / f"{key}.log",
-                       detach=True, current=folder / f"{installation}.current",
-                       installation=installation)
+                       detach=True)
             helper = cls.connect(str(path))
         helper.log = folder / f"{key}.log"
+        helper.hello(uri, local_root, identity, env, cwd)  # a new helper cannot refuse
         return helper
 
     @classmethod
@@ -186,16 +194,14 @@ class Helper:
 
     @staticmethod
     def _start(path: Path, idle: float, local: bool, env: Mapping[str, str], log: Path,
-               detach: bool, current: Path | None = None,
-               installation: str | None = None) -> subprocess.Popen[bytes]:
+               detach: bool) -> subprocess.Popen[bytes]:
         """Start a helper on a socket that listens before it runs: requests queue meanwhile."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(path))
             listener.listen(64)
             argv = [sys.executable, "-m", "nbgate.mlflow_helper", str(listener.fileno()),
-                    f"{idle:g}", *(["local"] if local else []),
-                    *([f"current={current}", f"installation={installation}"] if current else [])]
+                    f"{idle:g}", *(["local"] if local else []), *(["warm"] if detach else [])]
             with open(log, "wb") as out:
                 return subprocess.Popen(
                     argv, env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
@@ -220,14 +226,22 @@ class Helper:
             raise HelperError(f"nbgate's MLflow helper at {path} did not answer: {exc}") from exc
         return cls(sock)
 
-    def hello(self, uri: str, local_root: Path | None, env: Mapping[str, str], cwd: Path) -> None:
-        """Say which store this session uses, in which environment (token, HTTP settings).
+    def hello(self, uri: str, local_root: Path | None, identity: str | None,
+              env: Mapping[str, str], cwd: Path, wait: bool = False) -> bool:
+        """Say which store this session uses, as it is now (``identity``; None: as the helper
+        has it), and in which environment (token, HTTP settings). False: the helper retired.
 
-        Not waited for: a cold helper answers once mlflow is imported, and pytest goes on
-        collecting and starting kernels meanwhile. The first run's request waits instead.
+        Not waited for unless asked: a new helper answers once mlflow is imported, and pytest
+        goes on collecting and starting kernels meanwhile; the first run's request waits.
         """
         self._hello = self.send({"op": "hello", "uri": uri, "cwd": str(cwd), "env": dict(env),
-                                 "local_root": str(local_root) if local_root else None})
+                                 "local_root": str(local_root) if local_root else None,
+                                 "identity": identity})
+        if not wait:
+            return True
+        reply = self.reply(self._hello)
+        self._pid = reply.get("pid")
+        return bool(reply.get("ok"))
 
     @property
     def pid(self) -> int | None:
@@ -425,9 +439,9 @@ class Tracker:
             env = {**self.env, "MLFLOW_DISABLE_TELEMETRY": "true"}
             local = self.root.resolve() if self.is_local else None
             try:
-                if self._worker_socket is not None:
+                if self._worker_socket is not None:  # the controller's: its store, as opened
                     helper = Helper.connect(self._worker_socket)
-                    helper.hello(self.tracking_uri, local, env, Path.cwd())
+                    helper.hello(self.tracking_uri, local, None, env, Path.cwd())
                     self._helper = helper
                 else:
                     self._helper = Helper.attach(self.tracking_uri, local, env, Path.cwd())

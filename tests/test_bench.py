@@ -28,6 +28,7 @@ SMOKE_ROWS = (
     "1 small notebooks: nbgate / pytest --nbmake",
     "1 small notebooks, without tracking: nbgate / pytest --nbmake",
     "1 small notebooks: seconds MLflow tracking adds (with - without)",
+    "1 small notebooks: seconds it adds with a cold helper (CI, a first session)",
     "training example: nbgate / plain script (no kernel)",
     "training example, without tracking: nbgate / plain script",
     "training example: nbgate / papermill CLI",

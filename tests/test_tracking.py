@@ -437,7 +437,9 @@ def test_a_first_run_interrupted_while_creating_the_store_breaks_nothing(
     (tmp_path / "site" / "sitecustomize.py").write_text(INTERRUPT_MIGRATION)
     env = {"PYTHONPATH": str(tmp_path / "site")}
 
-    interrupted = run_pytest(root, env={**env, "NBGATE_TEST_INTERRUPT_MIGRATION": "1"})
+    # A helper of its own (a warm one, started without the fault, would not be interrupted).
+    interrupted = run_pytest(root, env={**env, "NBGATE_TEST_INTERRUPT_MIGRATION": "1",
+                                        "NBGATE_MLFLOW_HELPER_IDLE": "0"})
     output = interrupted.stdout + interrupted.stderr
     assert interrupted.returncode != 0, output
     assert not (root / "mlflow.db").exists(), output  # nothing half-made where the store goes
