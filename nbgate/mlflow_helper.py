@@ -37,7 +37,6 @@ import selectors
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
@@ -104,6 +103,8 @@ def store_identity(local_root: Path | None) -> str:
 
     Read with the standard library in the pytest process, before it picks a warm helper.
     """
+    import sqlite3  # here: the pytest process needs it only when it attaches to a helper
+
     if local_root is None:
         return "server"
     path = local_root / LOCAL_STORE
