@@ -166,7 +166,9 @@ class Service:
             return {"ok": True}
         store = conn.store
         if store is None:
-            return {"ok": False, "error": "nbgate's MLflow helper: no hello", "reached": True}
+            # Refused at hello: the store changed while this session ran (see _hello).
+            return {"ok": False, "reached": True, "error": "nbgate's MLflow helper could not "
+                    "take this session: the MLflow store changed while it ran"}
         if store.broken is not None:
             return {"ok": False, "error": store.broken, "reached": True}
         try:
