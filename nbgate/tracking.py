@@ -333,13 +333,16 @@ def helper_idle(env: Mapping[str, str]) -> float:
 
 def rendezvous_folder() -> Path | None:
     """Where sessions find the warm helper: a folder only this user can enter, else None."""
-    folder = Path(tempfile.gettempdir()) / f"nbgate-{os.getuid()}"
+    uid = getattr(os, "getuid", lambda: None)()
+    if uid is None or not hasattr(socket, "AF_UNIX"):
+        return None  # not POSIX: each session has its own helper
+    folder = Path(tempfile.gettempdir()) / f"nbgate-{uid}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         info = folder.stat()
     except OSError:
         return None
-    if info.st_uid != os.getuid() or info.st_mode & 0o077 or len(str(folder)) > 80:
+    if info.st_uid != uid or info.st_mode & 0o077 or len(str(folder)) > 80:
         return None  # someone else's folder, open to others, or too long for a socket path
     return folder
 
