@@ -150,7 +150,7 @@ def plan(chosen: Settings, root: Path) -> tuple[list[Variant], list[Comparison]]
             notebooks = len(project.notebooks)
             planned.append(projects.collect(
                 f"collect-{n}/nbmake", f"collect: {notebooks} notebooks, pytest --nbmake",
-                project.root, "--nbmake", "notebooks", warmup=True))
+                project.root, *projects.WITHOUT_NBGATE, "--nbmake", "notebooks", warmup=True))
             rows.append(Comparison(
                 f"collection: nbgate per case ({n}) / nbmake per notebook ({notebooks})",
                 f"collect-{n}/nbgate", f"collect-{n}/nbmake", 1.0, kind="per item",

@@ -233,8 +233,13 @@ def nbgate(
     return Variant(key, label, (command,), warmup=warmup)
 
 
+# nbmake's own runs go without nbgate's plugins (installed in this venv): nbgate would read the
+# project's pipelines and (with tracking) attach its MLflow helper, a cost nbmake's user has not.
+WITHOUT_NBGATE = ("-p", "no:nbgate", "-p", "no:nbgate-reporting")
+
+
 def nbmake(key: str, label: str, project: Project, warmup: bool = False) -> Variant:
-    argv = (*tool("pytest"), *PYTEST_FLAGS, "--nbmake", "notebooks")
+    argv = (*tool("pytest"), *PYTEST_FLAGS, *WITHOUT_NBGATE, "--nbmake", "notebooks")
     return Variant(key, label, (Command(argv, project.root),), warmup=warmup)
 
 

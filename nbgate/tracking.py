@@ -724,8 +724,8 @@ def _will_run_notebooks(config: pytest.Config) -> bool:
     from nbgate.plugin import get_state
 
     notebooks = get_state(config).cases_by_path
-    if not notebooks:
-        return False
+    if not notebooks or config.getoption("nbmake", default=False):
+        return False  # with --nbmake, nbmake runs the notebooks (nbgate collects none)
     here = config.invocation_params.dir
     for arg in config.args:
         path = os.path.abspath(os.path.join(here, arg.split("::", 1)[0]))

@@ -411,6 +411,16 @@ def test_a_helper_ends_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert not process_alive(int((root / "helper.pid").read_text()))
 
 
+def test_no_helper_when_nbmake_runs_the_notebooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    output, results = run_session(root, None, "--nbmake", "notebooks")
+    assert "1 passed" in output and results == {}  # nbmake ran it, nbgate had no case
+    assert not (root / "helper.pid").exists() and not (root / "mlflow.db").exists()
+
+
 # Arms a fault in every process of an inner session that opens an sqlite store with MLflow:
 # the process dies where Ctrl-C struck in the reported case, half-way through MLflow's
 # migrations of a new store, right after a migration created its temporary table.
