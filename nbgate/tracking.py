@@ -139,7 +139,11 @@ class Helper:
         session finds mlflow imported; in CI (nothing runs twice) each session has its own.
         """
         idle = helper_idle(env)
-        folder = rendezvous_folder() if idle > 0 else None
+        # Warm only for what it can tell apart between sessions: the repository's own store
+        # (checked by identity) and servers. A user's sqlite, file or database URI may be
+        # relative to the directory, or point at a store replaced since, under the same name.
+        shareable = local_root is not None or urlsplit(uri).scheme in ("http", "https")
+        folder = rendezvous_folder() if idle > 0 and shareable else None
         if folder is None:
             helper = cls._private(local_root is not None, env)
             helper.hello(uri, local_root, None, env, cwd)

@@ -411,6 +411,21 @@ def test_a_helper_ends_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert not process_alive(int((root / "helper.pid").read_text()))
 
 
+def test_a_store_uri_of_the_users_own_gets_a_helper_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative sqlite URI names a different file in every directory: no warm helper can
+    # tell two of them apart, so the session's helper is its own and goes with it.
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    output, results = run_session(root, {"MLFLOW_TRACKING_URI": "sqlite:///custom.db"})
+    result = results["notebooks/plain.ipynb::train[cpu]"]
+    assert result["outcome"] == "passed", output
+    assert not process_alive(int((root / "helper.pid").read_text()))
+    client = client_for(f"sqlite:///{(root / 'custom.db').as_posix()}")
+    assert client.get_run(result["tracking"]["run_id"]).info.status == "FINISHED"
+
+
 def test_no_helper_when_nbmake_runs_the_notebooks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
