@@ -107,14 +107,19 @@ def store_identity(local_root: Path | None) -> str:
 
     if local_root is None:
         return "server"
-    path = local_root / LOCAL_STORE
+    path = (local_root / LOCAL_STORE).resolve()
     try:
         info = path.stat()
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    except OSError:
+        return "absent"
+    try:
+        # Read-only, by a percent-encoded URI: a path with "?" or "#" in it stays a path.
+        with contextlib.closing(sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)) as db:
             row = db.execute("SELECT version_num FROM alembic_version").fetchone()
-    except (OSError, sqlite3.Error):
-        return "absent" if not path.exists() else "unreadable"
-    return f"{info.st_dev}:{info.st_ino}:{row[0] if row else None}"
+        revision = row[0] if row else "none"
+    except sqlite3.Error:
+        revision = "unreadable"
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size > 0}:{revision}"
 
 
 @dataclass
