@@ -73,8 +73,12 @@ def test_smoke_run_writes_a_report_with_every_row(tmp_path: Path) -> None:
     else:
         assert "**Every measured budget holds.**" in report
     # The budget rows ran nbgate as a user gets it: tracking on, so each project has runs.
-    logs = {path.name for path in (tmp_path / "work" / "logs").iterdir()}
-    assert "small-1_nbgate.log" in logs and "small-1_no-tracking.log" in logs
+    logs = tmp_path / "work" / "logs"
+    # nbgate's closing line names the MLflow store when its cases were tracked.
+    assert "MLflow:" in (logs / "small-1_nbgate.log").read_text()
+    assert "MLflow:" in (logs / "small-1_cold-helper.log").read_text()
+    assert "MLflow:" not in (logs / "small-1_no-tracking.log").read_text()
+    assert "MLflow:" not in (logs / "training_no-tracking.log").read_text()
     assert (tmp_path / "work" / "projects" / "small-1" / "mlflow.db").is_file()
     assert "| heavy modules imported while collecting 6 cases | none |" in report
     for section in ("## Timings (s)", "## Machine", "- cores: ", "## Versions", "- papermill: "):
