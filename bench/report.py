@@ -1,45 +1,80 @@
-"""The markdown report: budget ratios first, then every variant's timings."""
+"""The markdown report: a plain verdict, every comparison, then every variant's timings."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from bench.timing import Samples
+from bench.measure import Probe, Samples
+
+Kind = Literal["ratio", "added", "per item"]
 
 
 @dataclass(frozen=True)
 class Comparison:
+    """One row: how variant ``numerator`` compares with ``denominator``, and its budget.
+
+    ``kind``:
+    - "ratio": numerator / denominator (a cost ratio, or a speedup with ``at_least``);
+    - "added": numerator - denominator, in seconds (what a feature adds to a session);
+    - "per item": what each item costs above ``baseline``: (numerator - baseline) / its
+      ``items[0]``, divided by (denominator - baseline) / its ``items[1]``.
+    """
+
     label: str
-    numerator: str  # variant keys; the ratio is numerator / denominator
+    numerator: str  # variant keys
     denominator: str
     budget: float | None = None  # None: reported for information only
-    at_least: bool = False  # a speedup must reach the budget; a cost ratio must stay under it
+    at_least: bool = False  # a speedup must reach the budget; a cost must stay under it
+    kind: Kind = "ratio"
+    baseline: str | None = None  # "per item" only
+    items: tuple[int, int] = (1, 1)  # "per item" only
 
-    def ratio(self, samples: Mapping[str, Samples]) -> tuple[float, float] | None:
-        """(ratio of medians, ratio of minimums); None when a side has no sample."""
-        num, den = samples[self.numerator], samples[self.denominator]
-        if not (num.measured and den.measured):
+    @property
+    def keys(self) -> set[str]:
+        return {self.numerator, self.denominator} | ({self.baseline} if self.baseline else set())
+
+    def value(self, samples: Mapping[str, Samples]) -> tuple[float, float] | None:
+        """(from the medians, from the minimums); None when a side has no sample."""
+        if not all(samples[key].measured for key in self.keys):
             return None
+        num, den = samples[self.numerator], samples[self.denominator]
+        if self.kind == "added":
+            return num.median - den.median, num.min - den.min
+        if self.kind == "per item":
+            assert self.baseline is not None
+            base = samples[self.baseline]
+            by_median = _per_item(num.median, den.median, base.median, self.items)
+            by_min = _per_item(num.min, den.min, base.min, self.items)
+            if by_median is None or by_min is None:
+                return None
+            return by_median, by_min
         return num.median / den.median, num.min / den.min
 
-    def verdict(self, ratio: float) -> str:
+    def verdict(self, value: float) -> str:
         if self.budget is None:
             return "info"
-        holds = ratio >= self.budget if self.at_least else ratio <= self.budget
+        holds = value >= self.budget if self.at_least else value <= self.budget
         return "holds" if holds else "MISSED"
+
+    @property
+    def unit(self) -> str:
+        return " s" if self.kind == "added" else "×"
 
     def budget_text(self) -> str:
         if self.budget is None:
             return "—"
-        return f"{'≥' if self.at_least else '≤'} {self.budget:g}"
+        return f"{'≥' if self.at_least else '≤'} {self.budget:g}{self.unit}"
 
 
-@dataclass(frozen=True)
-class Probe:
-    items: int
-    at_plugin_load: tuple[str, ...]
-    during_collection: tuple[str, ...]
+def _per_item(
+    num: float, den: float, base: float, items: tuple[int, int]
+) -> float | None:
+    above = den - base
+    if above <= 0:  # the baseline took as long: nothing to divide by
+        return None
+    return ((num - base) / items[0]) / (above / items[1])
 
 
 def render(
@@ -49,35 +84,50 @@ def render(
     probe: Probe | None,
     context: Mapping[str, Mapping[str, str]],
 ) -> str:
-    lines = ["# nbgate benchmark results", "",
-             "Written by `make bench` (`python -m bench`); every time is wall-clock seconds of "
-             "whole processes, as a user would wait for them. Ratios use medians; the ratio "
-             "of minimums is beside it.",
-             ""]
-    lines += ["| comparison | ratio (median) | ratio (min) | budget | verdict |",
-              "| --- | ---: | ---: | --- | --- |"]
+    rows, missed, unmeasured = [], [], []
     for comparison in comparisons:
-        ratios = comparison.ratio(samples)
-        if ratios is None:
-            lines.append(f"| {comparison.label} | — | — | {comparison.budget_text()} | "
-                         "not measured (time limit) |")
+        values = comparison.value(samples)
+        if values is None:
+            sampled = all(samples[key].measured for key in comparison.keys)
+            why = "baseline as slow: noise" if sampled else "time limit"
+            rows.append(f"| {comparison.label} | — | — | {comparison.budget_text()} | "
+                        f"not measured ({why}) |")
+            if comparison.budget is not None:
+                unmeasured.append(f"{comparison.label} ({why})")
             continue
-        by_median, by_min = ratios
-        lines.append(
-            f"| {comparison.label} | {by_median:.2f} | {by_min:.2f} | "
-            f"{comparison.budget_text()} | {comparison.verdict(by_median)} |"
-        )
+        by_median, by_min = values
+        verdict = comparison.verdict(by_median)
+        if verdict == "MISSED":
+            missed.append(f"{comparison.label} ({by_median:.2f}{comparison.unit}, budget "
+                          f"{comparison.budget_text()})")
+        rows.append(f"| {comparison.label} | {by_median:.2f} | {by_min:.2f} | "
+                    f"{comparison.budget_text()} | {verdict} |")
     if probe is not None:
         heavy = ", ".join(probe.during_collection) or "none"
-        lines.append(
-            f"| heavy modules imported while collecting {probe.items} cases | {heavy} | | none | "
-            f"{'holds' if not probe.during_collection else 'MISSED'} |"
-        )
-        lines += ["", f"Heavy modules that installed plugins import when pytest starts (before "
-                      f"collection, the same in every pytest variant): "
+        rows.append(f"| heavy modules imported while collecting {probe.items} cases | {heavy} | "
+                    f"| none | {'holds' if not probe.during_collection else 'MISSED'} |")
+        if probe.during_collection:
+            missed.append(f"heavy modules imported while collecting ({heavy})")
+
+    lines = ["# nbgate benchmark results", "",
+             "Written by `make bench` (`python -m bench`); every time is wall-clock seconds of "
+             "whole processes, as a user would wait for them. The budget rows measure nbgate as "
+             "a user gets it: MLflow tracking on, to the local sqlite store. Values come from "
+             "the medians; the value from the minimums is beside it. `×` rows are ratios, "
+             "`s` rows seconds added.", ""]
+    if missed:
+        lines += ["**Budgets missed:** " + "; ".join(missed) + ".", ""]
+    else:
+        lines += ["**Every measured budget holds.**", ""]
+    if unmeasured:
+        lines += ["**Budgets not measured:** " + "; ".join(unmeasured) + ".", ""]
+    lines += ["| comparison | value (median) | value (min) | budget | verdict |",
+              "| --- | ---: | ---: | --- | --- |", *rows]
+    if probe is not None:
+        lines += ["", "Heavy modules that installed plugins import when pytest starts (before "
+                      "collection, the same in every pytest variant): "
                       f"{', '.join(probe.at_plugin_load) or 'none'}."]
-    lines.append("")
-    lines += ["## Timings (s)", "", "| variant | min | median | samples |",
+    lines += ["", "## Timings (s)", "", "| variant | min | median | samples |",
               "| --- | ---: | ---: | --- |"]
     for key, sample in samples.items():
         if not sample.measured:

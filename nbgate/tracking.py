@@ -5,7 +5,24 @@ runner, commit and the GitLab CI context; params: the injected parameters) and h
 kernel as ``MLFLOW_RUN_ID``, so ``mlflow.log_*`` calls inside the notebook land in that run.
 Afterwards it logs the recorded metrics, the executed (redacted) notebook and the pipeline's
 declared outputs, registers a ``train`` pipeline's model as a model version when the pipeline
-declares a ``version``, and ends the run FINISHED or FAILED to match the case.
+declares a ``version``, and ends the run FINISHED or FAILED to match the case. A run whose case
+never finished (Ctrl-C, a crash) is ended KILLED.
+
+The MLflow calls happen in a helper process (nbgate/mlflow_helper.py): mlflow's import and
+the store's opening cost ~3 s of CPU, more than a session of small notebooks. The helper is
+attached as pytest configures when the session will run notebooks, so a cold start overlaps
+collection and the first kernels' start-up; under pytest-xdist the workers share the
+controller's. Outside CI the helper stays warm for ``NBGATE_MLFLOW_HELPER_IDLE`` seconds (600)
+after its last session, so the next session pays nothing for mlflow. It stops by itself; it
+is found only by the same interpreter, installed packages and nbgate code; it makes each call
+in the asking session's environment; and it never serves a stale store: a local store
+deleted, replaced or migrated since the helper opened it makes it retire, and a new helper
+serves the session. In CI (``CI`` set) each session has its own helper.
+
+A case costs two round trips: ``start`` (the run, its tags and params; requested as the case
+before it finishes, so it is usually ready) and ``finish`` (metrics, tags, artifacts, model,
+status in one batch). Everything sent passes through the case's Redactor first: values, and
+names (params, metrics, artifacts, the run and the model), where a secret becomes ``MASKED``.
 
 Only calls that GitLab's MLflow endpoint (``/api/v4/projects/:id/ml/mlflow``) supports are
 made: experiments get/get-by-name/create, runs create/log-batch/update, ``log_artifact`` of
@@ -13,27 +30,29 @@ single files at the artifact root, registered models and model versions. No logg
 (MLflow 3) calls, no search filters.
 
 ``MLFLOW_TRACKING_URI`` unset means a local store in the repository: ``sqlite:///mlflow.db``
-with artifacts under ``mlruns/``. A tracking server that cannot be reached or rejects the
-token fails the case (URI and HTTP status, never the token) unless ``[tool.nbgate.tracking]
-optional = true``, which turns that into a warning.
+with artifacts under ``mlruns/``, created atomically (see ``create_local_store``). A tracking
+server that cannot be reached or rejects the token fails the case (URI and HTTP status, never
+the token) unless ``[tool.nbgate.tracking] optional = true``, which turns that into a warning.
 
-This module is imported while pytest configures; mlflow itself is imported at the first case.
+This module never imports mlflow: collection must stay light, and the pytest process does not
+pay for it at all.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http
 import json
 import math
 import os
 import re
+import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -41,38 +60,325 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
 
+from nbgate import mlflow_helper
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.model import CaseResult, Failure, Tracking
-from nbgate.contract.redact import Redactor
+from nbgate.contract.redact import MASK, Redactor
+from nbgate.mlflow_helper import (
+    HARNESS_HTTP_ENV,
+    HINT,
+    LOCAL_ARTIFACTS,
+    LOCAL_STORE,
+    clip,
+    describe_failure,
+    http_status,
+    safe_uri,
+    store_identity,
+)
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from nbgate.case import CaseRun, CaseSpec
 
-    from nbgate.case import CaseRun
+__all__ = [
+    "HARNESS_HTTP_ENV", "HINT", "LOCAL_ARTIFACTS", "LOCAL_STORE", "PLUGIN_NAME",
+    "NbgateTrackingWarning", "Tracker", "describe_failure", "http_status", "run_url", "safe_uri",
+]
 
 PLUGIN_NAME = "nbgate-tracking"  # `pytest -p no:nbgate-tracking` turns tracking off
-LOCAL_STORE = "mlflow.db"  # in the repository root, git-ignored
-LOCAL_ARTIFACTS = "mlruns"
 SCRATCH_KEY = "nbgate.tracking"
-HINT = "check MLFLOW_TRACKING_URI / MLFLOW_TRACKING_TOKEN"
-
-# mlflow's defaults retry an unreachable server for minutes (7 retries, backoff factor 2);
-# the harness makes a handful of calls per case and would rather report the problem quickly.
-# Values the user set win.
-HARNESS_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
+WORKER_KEY = "nbgate_mlflow_helper"  # pytest-xdist workerinput: the controller's helper socket
 PARAM_VALUE_LIMIT = 500
 TAG_VALUE_LIMIT = 1000
+NAME_MASK = "MASKED"  # a secret in a name: "[MASKED]" is not a valid MLflow key
+# How long the pytest process waits for one answer: a cold helper imports mlflow (seconds on a
+# loaded machine) and a server gets retries (HARNESS_HTTP_ENV); past this the helper is stuck.
+REPLY_TIMEOUT = 300.0
+CLOSE_TIMEOUT = 30.0
+IDLE_ENV = "NBGATE_MLFLOW_HELPER_IDLE"
+DEFAULT_IDLE = 600.0
+HELPER_PROTOCOL = 1  # part of a warm helper's key: bump when requests or replies change
 _GITLAB_ENDPOINT = re.compile(r"^(?P<prefix>.*?)/api/v4/projects/(?P<project>[^/]+)/ml/mlflow/?$")
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_EXPERIMENT_CONFLICT = "because active experiment ID does not match environment run ID"
+_SET_EXPERIMENT = re.compile(r"set_experiment\(\s*(?:experiment_name\s*=\s*)?(['\"])(.+?)\1")
 
 
 class NbgateTrackingWarning(UserWarning):
     """Tracking is optional for this project and a case's run could not be recorded."""
+
+
+class HelperError(Exception):
+    """The helper process could not be started or stopped answering; the message says why."""
+
+
+class Helper:
+    """One connection to an MLflow helper process (nbgate/mlflow_helper.py).
+
+    Requests are numbered in the order sent and answered in that order, so a request can be
+    sent now and its answer read later (a run created ahead of its case) without a thread.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.process: subprocess.Popen[bytes] | None = None  # a helper for this session only
+        self.folder: Path | None = None  # that helper's private folder
+        self.log: Path | None = None
+        self._hello: int | None = None  # the hello request, answered with the helper's pid
+        self._pid: int | None = None
+        self._sent = 0
+        self._read = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._buffer = b""
+
+    @classmethod
+    def attach(cls, uri: str, local_root: Path | None, env: Mapping[str, str],
+               cwd: Path) -> Helper:
+        """A helper for this session's store: the installation's warm one, else a new one.
+
+        A warm helper stays ``helper_idle(env)`` seconds after its last session, so the next
+        session finds mlflow imported; in CI (nothing runs twice) each session has its own.
+        """
+        idle = helper_idle(env)
+        # Warm only for what it can tell apart between sessions: the repository's own store
+        # (checked by identity) and servers. A user's sqlite, file or database URI may be
+        # relative to the directory, or point at a store replaced since, under the same name.
+        shareable = local_root is not None or urlsplit(uri).scheme in ("http", "https")
+        folder = rendezvous_folder() if idle > 0 and shareable else None
+        if folder is None:
+            helper = cls._private(local_root is not None, env)
+            helper.hello(uri, local_root, None, env, cwd)
+            return helper
+        return cls._warm(folder, idle, uri, local_root, env, cwd)
+
+    @classmethod
+    def _warm(cls, folder: Path, idle: float, uri: str, local_root: Path | None,
+              env: Mapping[str, str], cwd: Path) -> Helper:
+        # One per installation (see helper_key): a helper from before an upgrade or an edit
+        # is never used, it just stops when its time is up.
+        key = helper_key(idle)
+        path = folder / f"{key}.sock"
+        identity = store_identity(local_root)
+
+        def existing() -> Helper | None:
+            with contextlib.suppress(HelperError):
+                helper = cls.connect(str(path))
+                if helper.hello(uri, local_root, identity, env, cwd, wait=True):
+                    return helper
+                helper.close()  # it retired: the store changed since it opened it
+            return None
+
+        helper = existing()
+        if helper is not None:
+            return helper
+        with open(folder / f"{key}.lock", "a") as lock:
+            _flock(lock)  # two sessions starting at once start one helper
+            helper = existing()
+            if helper is not None:
+                return helper
+            path.unlink(missing_ok=True)  # left by a helper that was killed, or retired
+            cls._start(path, idle, local_root is not None, env, folder / f"{key}.log",
+                       detach=True)
+            helper = cls.connect(str(path))
+        helper.log = folder / f"{key}.log"
+        helper.hello(uri, local_root, identity, env, cwd)  # a new helper cannot refuse
+        return helper
+
+    @classmethod
+    def _private(cls, local: bool, env: Mapping[str, str]) -> Helper:
+        folder = Path(tempfile.mkdtemp(prefix="nbgate-mlflow-"))  # mode 0700: this user only
+        try:
+            process = cls._start(folder / "helper.sock", 0, local, env, folder / "helper.log",
+                                 detach=False)
+            helper = cls.connect(str(folder / "helper.sock"))
+        except HelperError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        helper.process, helper.folder, helper.log = process, folder, folder / "helper.log"
+        return helper
+
+    @staticmethod
+    def _start(path: Path, idle: float, local: bool, env: Mapping[str, str], log: Path,
+               detach: bool) -> subprocess.Popen[bytes]:
+        """Start a helper on a socket that listens before it runs: requests queue meanwhile."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            listener.listen(64)
+            argv = [sys.executable, "-m", "nbgate.mlflow_helper", str(listener.fileno()),
+                    f"{idle:g}", *(["local"] if local else []), *(["warm"] if detach else [])]
+            with open(log, "wb") as out:
+                return subprocess.Popen(
+                    argv, env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=(listener.fileno(),), cwd="/",
+                    # A warm helper is no part of the session that started it: Ctrl-C and the
+                    # session's end leave it alone; it stops by itself once idle.
+                    start_new_session=detach,
+                )
+        except OSError as exc:
+            raise HelperError(f"nbgate's MLflow helper process could not start: {exc}") from exc
+        finally:
+            listener.close()
+
+    @classmethod
+    def connect(cls, path: str) -> Helper:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise HelperError(f"nbgate's MLflow helper at {path} did not answer: {exc}") from exc
+        return cls(sock)
+
+    def hello(self, uri: str, local_root: Path | None, identity: str | None,
+              env: Mapping[str, str], cwd: Path, wait: bool = False) -> bool:
+        """Say which store this session uses, as it is now (``identity``; None: as the helper
+        has it), and in which environment (token, HTTP settings). False: the helper retired.
+
+        Not waited for unless asked: a new helper answers once mlflow is imported, and pytest
+        goes on collecting and starting kernels meanwhile; the first run's request waits.
+        """
+        self._hello = self.send({"op": "hello", "uri": uri, "cwd": str(cwd), "env": dict(env),
+                                 "local_root": str(local_root) if local_root else None,
+                                 "identity": identity})
+        if not wait:
+            return True
+        reply = self.reply(self._hello)
+        self._pid = reply.get("pid")
+        return bool(reply.get("ok"))
+
+    @property
+    def pid(self) -> int | None:
+        """The helper's process id (waits for its answer to hello)."""
+        if self._pid is None and self._hello is not None:
+            with contextlib.suppress(HelperError):
+                self._pid = self.reply(self._hello).get("pid")
+        return self._pid
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.sock.getpeername())
+
+    def send(self, request: dict[str, Any]) -> int:
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError as exc:
+            raise HelperError(self._gone(str(exc))) from exc
+        self._sent += 1
+        return self._sent
+
+    def reply(self, number: int, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while number not in self._replies:
+            if b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                self._read += 1
+                self._replies[self._read] = json.loads(line)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HelperError(f"nbgate's MLflow helper did not answer in {timeout:g} s")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise HelperError(self._gone(str(exc))) from exc
+            if not data:
+                raise HelperError(self._gone("it closed the connection"))
+            self._buffer += data
+        return self._replies.pop(number)
+
+    def call(self, request: dict[str, Any], timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        return self.reply(self.send(request), timeout)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Say goodbye: the helper ends this session's open runs KILLED (after the ones the
+        session ended itself); a session's own helper then stops, a warm one waits."""
+        with contextlib.suppress(HelperError, OSError):
+            self.call({"op": "bye"}, timeout)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _gone(self, why: str) -> str:
+        tail = ""
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(2)
+        if self.log is not None:
+            with contextlib.suppress(OSError):
+                lines = self.log.read_text(errors="replace").strip()
+                tail = lines.splitlines()[-1] if lines else ""
+        return "nbgate's MLflow helper process stopped answering (" + why + ")" + (
+            f": {clip(tail, 300)}" if tail else ""
+        )
+
+
+def helper_idle(env: Mapping[str, str]) -> float:
+    """Seconds a warm helper waits for the next session: ``NBGATE_MLFLOW_HELPER_IDLE``, else
+    0 in CI (every job starts afresh, so nothing would use it) and 600 elsewhere."""
+    configured = env.get(IDLE_ENV, "").strip()
+    if configured:
+        with contextlib.suppress(ValueError):
+            value = float(configured)
+            if math.isfinite(value):
+                return max(0.0, value)
+    return 0.0 if env.get("CI") else DEFAULT_IDLE
+
+
+def rendezvous_folder() -> Path | None:
+    """Where sessions find the warm helper: a folder only this user can enter, else None."""
+    uid = getattr(os, "getuid", lambda: None)()
+    if uid is None or not hasattr(socket, "AF_UNIX"):
+        return None  # not POSIX: each session has its own helper
+    folder = Path(tempfile.gettempdir()) / f"nbgate-{uid}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.stat()
+    except OSError:
+        return None
+    if info.st_uid != uid or info.st_mode & 0o077 or len(str(folder)) > 80:
+        return None  # someone else's folder, open to others, or too long for a socket path
+    return folder
+
+
+def helper_key(idle: float) -> str:
+    """The installation a warm helper belongs to: this interpreter, its installed packages
+    (an install or upgrade changes site-packages' entries, so its mtime), nbgate's helper and
+    client code, and the idle time asked for."""
+    import hashlib
+    import sysconfig
+
+    parts = [os.path.realpath(sys.executable), f"{idle:g}", str(HELPER_PROTOCOL)]
+    for path in (sysconfig.get_paths()["purelib"], __file__, mlflow_helper.__file__):
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            parts.append(f"{path}:{info.st_mtime_ns}:{info.st_size}")
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(text)
+        os.replace(partial, path)
+
+
+def _flock(handle: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: two sessions may each start a helper; one serves both
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 @dataclass
@@ -94,13 +400,16 @@ class Tracker:
         self.root = Path(root)
         self.optional = optional
         self.env = os.environ if env is None else env
-        # Read by mlflow when it is imported (here and in kernels): no telemetry from CI jobs.
+        # Read by mlflow when it is imported (in kernels and the helper): no telemetry from CI.
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self._uri: str | None = None
-        self._client: MlflowClient | None = None
-        self._experiments: dict[str, str] = {}
-        self._open_runs: set[str] = set()
-        self._unreachable: str | None = None  # set once a server did not answer at all
+        self._helper: Helper | None = None
+        self._helper_problem: str | None = None  # the helper could not be had: every case says so
+        self._worker_socket: str | None = None  # under xdist: the controller's helper
+        self._config: pytest.Config | None = None
+        self._ahead: dict[str, int] = {}  # case id -> its start request, sent ahead
+        self._running: dict[str, str] = {}  # run id -> case id: started, not finished
+        self._next_item: pytest.Item | None = None
         self._commit: str | bool | None = False  # False: not looked up yet
 
     # -- where runs go -----------------------------------------------------------------------
@@ -123,44 +432,97 @@ class Tracker:
         """What every kernel gets: the store to log to (a token stays in its environment)."""
         return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
-    # -- the hooks (nbgate/hookspecs.py) -----------------------------------------------------
+    # -- the helper --------------------------------------------------------------------------
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper process this session talks to (None before its first call)."""
+        return self._helper.pid if self._helper is not None else None
+
+    def helper(self) -> Helper:
+        """The connection to the helper: the xdist controller's, else one this process starts."""
+        if self._helper is None:
+            if self._helper_problem is not None:
+                raise HelperError(self._helper_problem)
+            env = {**self.env, "MLFLOW_DISABLE_TELEMETRY": "true"}
+            local = self.root.resolve() if self.is_local else None
+            try:
+                if self._worker_socket is not None:  # the controller's: its store, as opened
+                    helper = Helper.connect(self._worker_socket)
+                    helper.hello(self.tracking_uri, local, None, env, Path.cwd())
+                    self._helper = helper
+                else:
+                    self._helper = Helper.attach(self.tracking_uri, local, env, Path.cwd())
+            except HelperError as exc:
+                self._helper_problem = str(exc)
+                raise
+        return self._helper
+
+    def close(self) -> None:
+        """End what this process left open (KILLED: its case never finished); stop the helper."""
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        interrupted = {"nbgate.outcome": "interrupted"}
+        with contextlib.suppress(HelperError):
+            for run_id in list(self._running):
+                helper.call({"op": "end", "run_id": run_id, "status": "KILLED",
+                             "tags": interrupted}, CLOSE_TIMEOUT)
+        self._running.clear()
+        self._ahead.clear()  # runs created for cases that never started: `bye` ends them
+        helper.close()
+
+    # -- pytest hooks ------------------------------------------------------------------------
+    @pytest.hookimpl
+    def pytest_configure(self, config: pytest.Config) -> None:
+        """Start the helper now if this session will run notebooks, so it is warm in time."""
+        self._config = config
+        worker = getattr(config, "workerinput", None)
+        if worker is not None:
+            self._worker_socket = worker.get(WORKER_KEY)
+            return  # a worker connects when its first case starts
+        if not config.option.collectonly and _will_run_notebooks(config):
+            with contextlib.suppress(HelperError):  # reported by the first case that needs it
+                self.helper()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """pytest-xdist: every worker uses this controller's helper (one mlflow import)."""
+        if self._helper is not None:
+            node.workerinput[WORKER_KEY] = self._helper.socket_path
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        self._next_item = nextitem
+        self._send_ahead(item)  # the first case: queued while the helper may still be starting
+
+    @pytest.hookimpl
+    def pytest_unconfigure(self) -> None:
+        self.close()
+
+    # -- the nbgate hooks (nbgate/hookspecs.py) ----------------------------------------------
     def pytest_nbgate_case_start(self, run: CaseRun) -> None:
         spec = run.spec
         state = _CaseTracking(started=time.time(), experiment_name=experiment_name(spec))
         run.scratch[SCRATCH_KEY] = state
         run.case_env.update(self.kernel_env())
-        if self._unreachable is not None:  # no need to wait for the same timeout once per case
-            state.problems.append(self._unreachable)
-        else:
-            redactor = self._redactor(run.case_env)
-            try:
-                with self._harness_env():
-                    client = self._get_client()
-                    state.experiment_id = self._experiment_id(client, state.experiment_name)
-                    created = client.create_run(
-                        state.experiment_id,
-                        run_name=spec.case_id,
-                        tags=redactor.deep(self.start_tags(run)),
-                    )
-                    state.run_id = created.info.run_id
-                    state.artifact_uri = created.info.artifact_uri
-                    self._open_runs.add(state.run_id)
-                    params = mlflow_params(redactor.deep(dict(spec.parameters)))
-                    if params:
-                        from mlflow.entities import Param
-
-                        client.log_batch(
-                            state.run_id, params=[Param(k, v) for k, v in params.items()]
-                        )
-            except Exception as exc:  # any failure of the store: report it, run the notebook
-                message, reached = describe_failure(self.display_uri, exc, self.is_local)
-                if not reached:
-                    self._unreachable = message
-                state.problems.append(redactor.text(message))
-        if state.run_id is not None and not state.problems:
+        redactor = self._redactor(run.case_env)
+        try:
+            helper = self.helper()
+            number = self._ahead.pop(spec.case_id, None)
+            if number is None:
+                number = helper.send(self._start_request(spec, redactor))
+            reply = helper.reply(number)
+        except HelperError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if reply.get("ok"):
+            state.run_id = reply["run_id"]
+            state.experiment_id = reply["experiment_id"]
+            state.artifact_uri = reply["artifact_uri"]
+            self._running[state.run_id] = spec.case_id
             run.case_env["MLFLOW_RUN_ID"] = state.run_id
             run.case_env["MLFLOW_EXPERIMENT_ID"] = str(state.experiment_id)
         else:
+            state.problems.append(redactor.text(reply["error"]))
             # The notebook's own mlflow calls (if any) should fail as fast as the harness's.
             for name, value in HARNESS_HTTP_ENV.items():
                 run.case_env.setdefault(name, self.env.get(name, value))
@@ -171,17 +533,21 @@ class Tracker:
         state: _CaseTracking | None = run.scratch.get(SCRATCH_KEY)
         if state is None:
             return
+        explain_experiment_conflict(result, run, state.experiment_name)
         warned = bool(state.problems) and self.optional
         if state.run_id is not None:
             redactor = self._redactor(run.case_env)
             try:
-                with self._harness_env():
-                    self._finish_run(run, result, state, redactor)
-            except Exception as exc:
-                message, _ = describe_failure(self.display_uri, exc, self.is_local)
-                state.problems.append(redactor.text(message))
-                self._terminate_quietly(state.run_id)
-            self._open_runs.discard(state.run_id)
+                reply = self.helper().call(self._finish_request(run, result, state, redactor))
+            except HelperError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            self._running.pop(state.run_id, None)
+            if reply.get("ok"):
+                for text in reply.get("warnings", []):
+                    warnings.warn(NbgateTrackingWarning(
+                        f"{run.spec.case_id}: {redactor.text(text)}"), stacklevel=2)
+            else:
+                state.problems.append(redactor.text(reply["error"]))
             result.tracking = Tracking(
                 run_id=state.run_id,
                 url=run_url(self.tracking_uri, state.experiment_id, state.run_id,
@@ -189,6 +555,8 @@ class Tracker:
                 experiment_id=state.experiment_id,
                 tracking_uri=self.display_uri,
             )
+        # The next case's run is created while pytest reports this one and sets the next up.
+        self._send_ahead(self._next_item)
         if not state.problems:
             return
         if self.optional:
@@ -202,87 +570,76 @@ class Tracker:
             result.failure.message = f"{result.failure.message}; {message}"
         result.outcome = "failed"
 
-    def _finish_run(
+    # -- what is sent ------------------------------------------------------------------------
+    def _send_ahead(self, item: pytest.Item | None) -> None:
+        """Ask for a declared case's run before the case starts (the way kernels prestart)."""
+        spec = self._spec_of(item)
+        if spec is None or spec.case_id in self._ahead or self._helper_problem is not None:
+            return
+        with contextlib.suppress(HelperError):
+            helper = self.helper()
+            self._ahead[spec.case_id] = helper.send(self._start_request(spec, self._redactor({})))
+
+    def _spec_of(self, item: pytest.Item | None) -> CaseSpec | None:
+        if item is None or self._config is None:
+            return None
+        from nbgate.gpu import visible_cuda_devices
+        from nbgate.plugin import NotebookCase, get_state
+
+        if not isinstance(item, NotebookCase):
+            return None
+        if item.case.runner.gpu and not visible_cuda_devices():
+            return None  # skipped before it would run
+        return get_state(self._config).spec_for(item.case)
+
+    def _start_request(self, spec: CaseSpec, redactor: Redactor) -> dict[str, Any]:
+        params = mlflow_params(dict(spec.parameters))
+        return {
+            "op": "start",
+            "experiment": mlflow_name(redactor, experiment_name(spec)),
+            "run_name": redactor.text(spec.case_id),
+            "tags": {k: clip(redactor.text(v), TAG_VALUE_LIMIT)
+                     for k, v in self.start_tags(spec).items()},
+            "params": {mlflow_name(redactor, k): clip(redactor.text(v), PARAM_VALUE_LIMIT)
+                       for k, v in params.items()},
+        }
+
+    def _finish_request(
         self, run: CaseRun, result: CaseResult, state: _CaseTracking, redactor: Redactor
-    ) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        client = self._get_client()
-        run_id = state.run_id
-        assert run_id is not None
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(name, float(value), now, 0)
-            for name, value in result.metrics.items()
-            if isinstance(value, (int, float)) and math.isfinite(value)
-        ]
-        tags = {k: v for k, v in self.finish_tags(result).items() if v}
-        client.log_batch(
-            run_id,
-            metrics=metrics,
-            tags=[RunTag(k, _clip(redactor.text(v), TAG_VALUE_LIMIT)) for k, v in tags.items()],
-        )
+    ) -> dict[str, Any]:
+        metrics: dict[str, float] = {}
+        for name, value in result.metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics.setdefault(mlflow_name(redactor, name), float(value))
+        tags = {k: clip(redactor.text(v), TAG_VALUE_LIMIT)
+                for k, v in self.finish_tags(result).items() if v}
+        artifacts: list[tuple[str, str]] = []
         if run.executed_notebook is not None and run.executed_notebook.is_file():
-            client.log_artifact(run_id, str(run.executed_notebook))  # already redacted
-        outputs = self._fresh_outputs(result, state)
-        names: set[str] = set()
-        for path in outputs:
-            if path.name in names:  # GitLab keeps artifacts flat: the first of a name wins
-                continue
-            names.add(path.name)
-            client.log_artifact(run_id, str(path))
+            artifacts.append((str(run.executed_notebook),  # its content is already redacted
+                              mlflow_name(redactor, run.executed_notebook.name)))
+        outputs: dict[str, str] = {}
+        for path in self._fresh_outputs(result, state):
+            # GitLab keeps artifacts flat: the first of a name wins.
+            outputs.setdefault(mlflow_name(redactor, path.name), str(path))
+        artifacts += [(path, name) for name, path in outputs.items()]
         status = "FINISHED" if result.outcome == "passed" else "FAILED"
-        if status == "FINISHED" and run.spec.kind == "train" and run.spec.version and outputs:
-            self._register_model(client, run, state, outputs, metrics)
-        client.set_terminated(run_id, status)
-
-    def _register_model(
-        self,
-        client: MlflowClient,
-        run: CaseRun,
-        state: _CaseTracking,
-        outputs: list[Path],
-        metrics: list[Any],
-    ) -> None:
-        """A model version (semver in tag ``gitlab.version``); a server without one only warns."""
-        from mlflow.entities import RunTag
-
+        register = None
         spec = run.spec
-        name = model_name(spec.notebook, state.experiment_name)
-        version_tags = {"gitlab.version": str(spec.version), "nbgate.case_id": spec.case_id}
-        try:
-            try:
-                client.create_registered_model(name)
-            except Exception as exc:
-                try:  # it exists (a later run), unless the registry itself is missing
-                    client.get_registered_model(name)
-                except Exception:
-                    raise exc from None
-            source = f"{(state.artifact_uri or '').rstrip('/')}/{outputs[0].name}"
-            version = client.create_model_version(
-                name, source, run_id=state.run_id, tags=version_tags,
-                description=f"{spec.case_id}, version {spec.version}", await_creation_for=0,
-            )
-            if version.run_id and version.run_id != state.run_id:
-                # GitLab: every model version is a run of its own that holds the model's files.
-                job = CIContext.from_env(self.env).job_id
-                client.log_batch(
-                    version.run_id,
-                    metrics=metrics,
-                    tags=[RunTag("gitlab.CI_JOB_ID", job)] if job else [],
-                )
-                for path in outputs:
-                    client.log_artifact(version.run_id, str(path))
-            client.set_tag(state.run_id, "nbgate.model_version", f"{name}/{version.version}")
-        except Exception as exc:
-            message, _ = describe_failure(self.display_uri, exc, self.is_local)
-            message = self._redactor({}).text(message)
-            warnings.warn(
-                NbgateTrackingWarning(
-                    f"{spec.case_id}: model {name} {spec.version} was not registered: {message}"
-                ),
-                stacklevel=2,
-            )
+        if status == "FINISHED" and spec.kind == "train" and spec.version and outputs:
+            name = mlflow_name(redactor, model_name(spec.notebook, state.experiment_name))
+            first = next(iter(outputs))
+            register = {
+                "name": name,
+                "version": str(spec.version),
+                "source": f"{(state.artifact_uri or '').rstrip('/')}/{first}",
+                "tags": {"gitlab.version": str(spec.version),
+                         "nbgate.case_id": redactor.text(spec.case_id)},
+                "description": redactor.text(f"{spec.case_id}, version {spec.version}"),
+                "job_id": CIContext.from_env(self.env).job_id,
+                "artifacts": [(path, name) for name, path in outputs.items()],
+            }
+        return {"op": "finish", "run_id": state.run_id, "metrics": list(metrics.items()),
+                "tags": tags, "artifacts": artifacts, "status": status, "register": register}
 
     def _fresh_outputs(self, result: CaseResult, state: _CaseTracking) -> list[Path]:
         """Declared outputs this run wrote: a file left from an earlier run is not this model."""
@@ -295,8 +652,7 @@ class Tracker:
         return fresh
 
     # -- tags --------------------------------------------------------------------------------
-    def start_tags(self, run: CaseRun) -> dict[str, str]:
-        spec = run.spec
+    def start_tags(self, spec: CaseSpec) -> dict[str, str]:
         ci = CIContext.from_env(self.env)
         tags = {
             "mlflow.source.name": spec.notebook,
@@ -321,7 +677,7 @@ class Tracker:
                 # GitLab links a run to its CI job through this tag (its documented name).
                 "gitlab.CI_JOB_ID": ci.job_id or "",
             })
-        return {k: _clip(v, TAG_VALUE_LIMIT) for k, v in tags.items() if v}
+        return {k: clip(v, TAG_VALUE_LIMIT) for k, v in tags.items() if v}
 
     @staticmethod
     def finish_tags(result: CaseResult) -> dict[str, str]:
@@ -348,83 +704,6 @@ class Tracker:
                     self._commit = sha
         return self._commit or None
 
-    # -- mlflow plumbing ---------------------------------------------------------------------
-    def _get_client(self) -> MlflowClient:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            # A sqlite store is created and migrated right here: never by two workers at once.
-            with self._store_lock():
-                self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
-
-    def _experiment_id(self, client: MlflowClient, name: str) -> str:
-        if name in self._experiments:
-            return self._experiments[name]
-        with self._store_lock():
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                location = None
-                if self.is_local:  # next to the store, whatever the working directory
-                    folder = self.root / LOCAL_ARTIFACTS / _MODEL_NAME_UNSAFE.sub("-", name)
-                    location = folder.as_uri()
-                try:
-                    experiment_id = client.create_experiment(name, artifact_location=location)
-                except Exception:
-                    # Another pytest-xdist worker may have created it just now.
-                    experiment = client.get_experiment_by_name(name)
-                    if experiment is None:
-                        raise
-                    experiment_id = experiment.experiment_id
-            else:
-                experiment_id = experiment.experiment_id
-        self._experiments[name] = str(experiment_id)
-        return self._experiments[name]
-
-    @contextlib.contextmanager
-    def _store_lock(self) -> Iterator[None]:
-        """Serialise creating the local sqlite store across pytest-xdist workers.
-
-        Two processes migrating a new sqlite store at once leave it broken for good.
-        """
-        if not self.is_local:
-            yield
-            return
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: workers may race on the very first run
-            yield
-            return
-        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:16]
-        lock_path = Path(tempfile.gettempdir()) / f"nbgate-mlflow-{digest}.lock"
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def _harness_env(self) -> Iterator[None]:
-        """Fast-failing HTTP settings while the harness talks to the server (not for kernels)."""
-        added = [k for k in HARNESS_HTTP_ENV if k not in os.environ]
-        for name in added:
-            os.environ[name] = HARNESS_HTTP_ENV[name]
-        try:
-            with warnings.catch_warnings():
-                # mlflow's own deprecation noise (its sqlalchemy store) is not the user's concern.
-                warnings.filterwarnings(
-                    "ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)\b"
-                )
-                yield
-        finally:
-            for name in added:
-                os.environ.pop(name, None)
-
-    def _terminate_quietly(self, run_id: str) -> None:
-        with contextlib.suppress(Exception), self._harness_env():
-            self._get_client().set_terminated(run_id, "FAILED")
-
     def _redactor(self, case_env: Mapping[str, str]) -> Redactor:
         # The tracking token is masked whatever its length: it is known to be a secret.
         env = {**self.env, **case_env}
@@ -439,13 +718,60 @@ class Tracker:
             stacklevel=2,
         )
 
-    # -- pytest hooks ------------------------------------------------------------------------
-    @pytest.hookimpl
-    def pytest_unconfigure(self) -> None:
-        # A run whose case never reached its finish hook (Ctrl-C, a harness crash) still ends.
-        for run_id in list(self._open_runs):
-            self._terminate_quietly(run_id)
-        self._open_runs.clear()
+
+def _will_run_notebooks(config: pytest.Config) -> bool:
+    """Does a path this session collects hold a declared notebook? (``pytest tests/`` does not.)
+
+    Only then is the helper started as pytest configures; otherwise the first case that needs
+    a run (a ``run_notebook`` test) starts it.
+    """
+    from nbgate.plugin import get_state
+
+    notebooks = get_state(config).cases_by_path
+    if not notebooks or config.getoption("nbmake", default=False):
+        return False  # with --nbmake, nbmake runs the notebooks (nbgate collects none)
+    here = config.invocation_params.dir
+    for arg in config.args:
+        path = os.path.abspath(os.path.join(here, arg.split("::", 1)[0]))
+        prefix = path.rstrip(os.sep) + os.sep
+        if any(nb == path or nb.startswith(prefix) for nb in notebooks):
+            return True
+    return False
+
+
+def explain_experiment_conflict(result: CaseResult, run: CaseRun, experiment: str) -> None:
+    """A notebook's own ``mlflow.set_experiment`` cannot move nbgate's run: say what to do.
+
+    MLflow refuses to log to ``MLFLOW_RUN_ID`` once the notebook made another experiment the
+    active one, with a message about command-line arguments that do not exist here. The fix is
+    the pipeline's ``experiment`` key, which makes nbgate create the run in that experiment.
+    """
+    failure = result.failure
+    if failure is None or _EXPERIMENT_CONFLICT not in (failure.exception or failure.message):
+        return
+    wanted = None
+    with contextlib.suppress(Exception):  # a suggestion only: the notebook's own literal name
+        import nbformat
+
+        nb = nbformat.read(str(run.root / run.spec.notebook), as_version=4)
+        for cell in nb.cells:
+            match = _SET_EXPERIMENT.search(cell.source)
+            if match:
+                wanted = match.group(2)
+                break
+    key = f'experiment = "{wanted}"' if wanted else 'experiment = "<name>"'
+    failure.message = (
+        f"{failure.message.split(':', 1)[0]}: the notebook calls mlflow.set_experiment(), but "
+        f"nbgate logs this case to its run in experiment {experiment!r}. Name the experiment in "
+        f"the pipeline instead: {key} in its [[tool.nbgate.pipelines]] entry "
+        f"(notebook = \"{run.spec.notebook}\") in pyproject.toml, and drop the set_experiment "
+        "call (or keep it with the same name)"
+    )
+
+
+def mlflow_name(redactor: Redactor, name: str) -> str:
+    """A name nbgate sends to MLflow (param, metric, artifact, experiment, model), redacted."""
+    return redactor.text(name).replace(MASK, NAME_MASK)
 
 
 # -- naming ----------------------------------------------------------------------------------
@@ -473,17 +799,8 @@ def mlflow_params(parameters: Mapping[str, Any]) -> dict[str, str]:
         text = value if isinstance(value, str) else (
             json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else str(value)
         )
-        out[str(key)] = _clip(text, PARAM_VALUE_LIMIT)
+        out[str(key)] = clip(text, PARAM_VALUE_LIMIT)
     return out
-
-
-def safe_uri(uri: str) -> str:
-    """The URI without credentials (user:password@) or query string."""
-    parts = urlsplit(uri)
-    if not parts.netloc:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def run_url(uri: str, experiment_id: str | None, run_id: str, ci: CIContext) -> str | None:
@@ -506,71 +823,3 @@ def run_url(uri: str, experiment_id: str | None, run_id: str, ci: CIContext) -> 
     else:
         return None
     return f"{project_url}/-/ml/experiments/{experiment_id}"
-
-
-# -- errors ----------------------------------------------------------------------------------
-_CONNECTION_REASONS = (
-    ("connection refused", "connection refused"),
-    ("name or service not known", "unknown host"),
-    ("nodename nor servname", "unknown host"),
-    ("temporary failure in name resolution", "unknown host"),
-    ("timed out", "timed out"),
-    ("timeout", "timed out"),
-    ("connection reset", "connection reset"),
-    ("remote end closed connection", "connection closed by the server"),
-    ("certificate verify failed", "TLS certificate not trusted"),
-    ("max retries exceeded", "no answer"),
-)
-
-
-def describe_failure(uri: str, exc: BaseException, local: bool = False) -> tuple[str, bool]:
-    """One line naming the store, the HTTP status and why; and whether the server answered."""
-    text = " ".join(str(exc).split())
-    status = http_status(exc, text)
-    if status is not None:
-        reason = _rest_message(exc) or _phrase(status)
-        return f"{uri} answered HTTP {status}: {_clip(reason, 200)}; {HINT}", True
-    if local:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"the local MLflow store {uri} failed: {_clip(first, 200)}", True
-    lowered = text.lower()
-    for needle, reason in _CONNECTION_REASONS:
-        if needle in lowered:
-            return f"{uri} could not be reached ({reason}); {HINT}", False
-    return f"{uri} failed: {_clip(text or type(exc).__name__, 200)}; {HINT}", True
-
-
-def http_status(exc: BaseException, text: str | None = None) -> int | None:
-    text = " ".join(str(exc).split()) if text is None else text
-    for pattern in (r"failed with error code (\d{3})\b", r"too many (\d{3}) error responses"):
-        match = re.search(pattern, text)
-        if match:
-            return int(match.group(1))
-    body = getattr(exc, "json", None)
-    if isinstance(body, dict):
-        # GitLab answers {"message": "401 Unauthorized"} without an MLflow error_code.
-        match = re.match(r"\s*([1-5]\d\d)\b", str(body.get("message", "")))
-        if match:
-            return int(match.group(1))
-        if body.get("error_code") and hasattr(exc, "get_http_status_code"):
-            return int(exc.get_http_status_code())
-    return None
-
-
-def _rest_message(exc: BaseException) -> str | None:
-    body = getattr(exc, "json", None)
-    if isinstance(body, dict) and body.get("message"):
-        message = str(body["message"])
-        return re.sub(r"^\s*[1-5]\d\d\s+", "", message) or message
-    return None
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

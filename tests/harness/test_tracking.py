@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.mlflow_server import MlflowServer, RecordingProxy, free_port
-from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
+from tests.support.nbproject import process_alive, run_pytest, write_notebook, write_pyproject
 
 # mlflow's sqlite store warns about its own use of sqlalchemy when the tests read runs back.
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")
@@ -79,6 +82,15 @@ NOTEBOOKS = {
     "slow": (["from nbgate import record\nrecord('auc', 0.1)", "import time\ntime.sleep(60)"],
              "x = 1"),
     "plain": (["from nbgate import record\nrecord('auc', 0.95)"], "x = 1"),
+    # Chooses its own experiment: nbgate's run lives in another one.
+    "conflict": (["import mlflow\nmlflow.set_experiment('their-own')\n"
+                  "mlflow.log_metric('mine', 1.0)"], "x = 1"),
+    # The same, with the pipeline's `experiment` naming that experiment.
+    "follows": (["import mlflow\nmlflow.set_experiment('nbgate-follow')\n"
+                 "mlflow.log_metric('mine', 1.0)"], "x = 1"),
+    # Signals that it runs, then waits to be interrupted.
+    "waits": (["from pathlib import Path\nPath('started.flag').touch()",
+               "import time\ntime.sleep(120)"], "x = 1"),
 }
 PIPELINES = {
     "good": 'kind = "train"\nparameters = { x = 5 }\nthresholds = { auc = ">= 0.8" }\n'
@@ -87,6 +99,9 @@ PIPELINES = {
     "dies": 'kind = "score"',
     "slow": 'kind = "train"\ntimeout = 2',
     "plain": 'kind = "train"\nthresholds = { auc = ">= 0.9" }',
+    "conflict": 'kind = "score"',
+    "follows": 'kind = "score"\nexperiment = "nbgate-follow"',
+    "waits": 'kind = "train"',
 }
 # Inner-session probes: was mlflow imported by collection, and the case results (with tracking).
 INNER_CONFTEST = """
@@ -94,6 +109,12 @@ import json, sys
 from pathlib import Path
 
 RESULTS = []
+
+def pytest_configure(config):
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # which MLflow helper this pytest-xdist worker was given
+        helper = worker.get("nbgate_mlflow_helper")
+        Path(f"helper-{worker['workerid']}.json").write_text(json.dumps(helper))
 
 def pytest_collection_finish(session):
     imported = sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow."))
@@ -105,6 +126,9 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):  # the controller under pytest-xdist
         Path("results.json").write_text(json.dumps(RESULTS))
+        tracker = session.config.pluginmanager.get_plugin("nbgate-tracking")
+        if tracker is not None and tracker.helper_pid:  # the MLflow helper it talked to
+            Path("helper.pid").write_text(str(tracker.helper_pid))
 """
 
 
@@ -120,11 +144,16 @@ def make_project(root: Path, names: list[str]) -> Path:
     return root
 
 
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+# Inner sessions share a warm helper, as a user's sessions do, that stops soon after the last.
+WARM = "20"
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch, idle: str = WARM) -> None:
     """Inner sessions must not see the outer CI job's tracking server or CI variables."""
     for name in list(os.environ):
         if name.startswith(("MLFLOW_", "CI_")) or name in ("CI", "GITLAB_CI"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("NBGATE_MLFLOW_HELPER_IDLE", idle)
 
 
 def results_of(root: Path) -> dict[str, dict[str, Any]]:
@@ -273,6 +302,281 @@ def test_failing_and_timed_out_cases_end_failed(local_session: tuple[Path, str, 
         assert artifact_names(client, run.info.run_id) == artifacts
 
 
+def test_xdist_workers_share_the_controllers_helper(local_session: tuple[Path, str, dict]) -> None:
+    # mlflow is imported once per session, in one helper process, not once per worker.
+    root, _, _ = local_session
+    given = [json.loads(path.read_text()) for path in sorted(root.glob("helper-gw*.json"))]
+    assert len(given) == 2 and given[0] and given[0] == given[1], given
+
+
+def store_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve().as_posix()}"
+
+
+def runs_of(root: Path, experiment: str) -> list[Any]:
+    client = client_for(store_uri(root))
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, experiment
+    return client.search_runs([found.experiment_id])
+
+
+def helpers_started_by(pid: int) -> list[int]:
+    """Running MLflow helper processes whose parent is ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"nbgate.mlflow_helper" in argv and process_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["waits"])
+    clean_environment(monkeypatch, idle="0")  # a helper for this session only, as in CI
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=root, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "started.flag").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout
+            time.sleep(0.1)
+        (helper,) = helpers_started_by(process.pid)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        output = process.communicate(timeout=60)[0].decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert "KeyboardInterrupt" in output, output
+    (run,) = runs_of(root, "notebooks/waits.ipynb::train")
+    assert run.info.status == "KILLED", output
+    assert run.data.tags["nbgate.outcome"] == "interrupted"
+    assert not process_alive(helper)
+
+
+def test_a_warm_helper_serves_the_next_session_and_never_a_stale_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    case = "notebooks/plain.ipynb::train[cpu]"
+    output, results = run_session(root)  # creates the store
+    assert results[case]["outcome"] == "passed", output
+    first = int((root / "helper.pid").read_text())
+    assert process_alive(first)  # warm after its session
+
+    output, results = run_session(root)
+    assert results[case]["outcome"] == "passed", output
+    assert int((root / "helper.pid").read_text()) == first  # mlflow was not imported again
+
+    (root / "mlflow.db").rename(root / "earlier.db")  # the user moves the store away
+    output, results = run_session(root)
+    third = results[case]
+    assert third["outcome"] == "passed", output
+    assert int((root / "helper.pid").read_text()) != first  # not the helper of the old store
+    # The run went to a new store at the store's path, not to the file the old helper had open.
+    (run,) = runs_of(root, "notebooks/plain.ipynb::train")
+    assert run.info.run_id == third["tracking"]["run_id"] and run.info.status == "FINISHED"
+    earlier = client_for(f"sqlite:///{(root / 'earlier.db').resolve().as_posix()}")
+    (experiment,) = [e for e in earlier.search_experiments() if e.name.startswith("notebooks/")]
+    assert len(earlier.search_runs([experiment.experiment_id])) == 2
+    deadline = time.monotonic() + 30
+    while process_alive(first):  # no longer the installation's current helper: it stops
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_helper_ends_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch, idle="2")
+    output, results = run_session(root)
+    assert results["notebooks/plain.ipynb::train[cpu]"]["outcome"] == "passed", output
+    warm = int((root / "helper.pid").read_text())
+    deadline = time.monotonic() + 60
+    while process_alive(warm):  # 2 s after its last session
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # In CI each session has its own helper, gone when the session is.
+    monkeypatch.delenv("NBGATE_MLFLOW_HELPER_IDLE")
+    output, results = run_session(root, {"CI": "true"})
+    assert results["notebooks/plain.ipynb::train[cpu]"]["outcome"] == "passed", output
+    assert not process_alive(int((root / "helper.pid").read_text()))
+
+
+def test_a_store_uri_of_the_users_own_gets_a_helper_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative sqlite URI names a different file in every directory: no warm helper can
+    # tell two of them apart, so the session's helper is its own and goes with it.
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    output, results = run_session(root, {"MLFLOW_TRACKING_URI": "sqlite:///custom.db"})
+    result = results["notebooks/plain.ipynb::train[cpu]"]
+    assert result["outcome"] == "passed", output
+    assert not process_alive(int((root / "helper.pid").read_text()))
+    client = client_for(f"sqlite:///{(root / 'custom.db').as_posix()}")
+    assert client.get_run(result["tracking"]["run_id"]).info.status == "FINISHED"
+
+
+def test_no_helper_when_nbmake_runs_the_notebooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["plain"])
+    clean_environment(monkeypatch)
+    output, results = run_session(root, None, "--nbmake", "notebooks")
+    assert "1 passed" in output and results == {}  # nbmake ran it, nbgate had no case
+    assert not (root / "helper.pid").exists() and not (root / "mlflow.db").exists()
+
+
+# Arms a fault in every process of an inner session that opens an sqlite store with MLflow:
+# the process dies where Ctrl-C struck in the reported case, half-way through MLflow's
+# migrations of a new store, right after a migration created its temporary table.
+INTERRUPT_MIGRATION = """
+import os
+
+if os.environ.get("NBGATE_TEST_INTERRUPT_MIGRATION"):
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def _interrupt(conn, cursor, statement, *args):
+        if "CREATE TABLE _alembic_tmp_trace_info" in statement:
+            os._exit(130)
+"""
+
+
+def test_a_first_run_interrupted_while_creating_the_store_breaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path / "project", ["plain"])
+    clean_environment(monkeypatch)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(INTERRUPT_MIGRATION)
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+
+    # A helper of its own (a warm one, started without the fault, would not be interrupted).
+    interrupted = run_pytest(root, env={**env, "NBGATE_TEST_INTERRUPT_MIGRATION": "1",
+                                        "NBGATE_MLFLOW_HELPER_IDLE": "0"})
+    output = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode != 0, output
+    assert not (root / "mlflow.db").exists(), output  # nothing half-made where the store goes
+    assert "MLflow tracking failed" in output  # the case says its run was not recorded
+
+    output, results = run_session(root, env)
+    result = results["notebooks/plain.ipynb::train[cpu]"]
+    assert result["outcome"] == "passed", output
+    (run,) = runs_of(root, "notebooks/plain.ipynb::train")
+    assert run.info.status == "FINISHED" and run.data.metrics == {"auc": 0.95}
+    assert list(root.glob(".mlflow.db.*")) == []  # the interrupted build's leftovers are gone
+
+
+def test_a_store_that_cannot_be_opened_fails_with_the_one_line_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path / "project", ["plain"])
+    clean_environment(monkeypatch)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(INTERRUPT_MIGRATION)
+    # What an interrupted first run of an earlier nbgate (or plain mlflow) left: a store
+    # migrated in place up to where it was stopped.
+    half_made = subprocess.run(
+        [sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+         "MlflowClient(tracking_uri=sys.argv[1]).search_experiments()", store_uri(root)],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site"),
+             "NBGATE_TEST_INTERRUPT_MIGRATION": "1", "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert half_made.returncode == 130 and (root / "mlflow.db").is_file(), half_made.stderr
+
+    output, results = run_session(root)
+    result = results["notebooks/plain.ipynb::train[cpu]"]
+    store = root.resolve() / "mlflow.db"
+    assert result["outcome"] == "failed" and result["failure"]["kind"] == "tracking", output
+    assert f"mv {store} {store}.broken" in result["failure"]["message"]
+    assert f"mv {store} {store}.broken" in output
+
+    store.rename(f"{store}.broken")  # the fix, as given
+    output, results = run_session(root)
+    assert results["notebooks/plain.ipynb::train[cpu]"]["outcome"] == "passed", output
+
+
+def test_a_notebooks_own_set_experiment_points_to_the_experiment_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, ["conflict", "follows"])
+    clean_environment(monkeypatch)
+    output, results = run_session(root)
+
+    conflict = results["notebooks/conflict.ipynb::score[cpu]"]
+    assert conflict["outcome"] == "failed", output
+    message = conflict["failure"]["message"]
+    assert 'experiment = "their-own"' in message and "[[tool.nbgate.pipelines]]" in message
+    assert 'notebook = "notebooks/conflict.ipynb"' in message
+    assert "--experiment-name" not in message  # MLflow's advice about a CLI nbgate has not
+    (run,) = runs_of(root, "notebooks/conflict.ipynb::score")
+    assert run.info.status == "FAILED" and run.data.tags["nbgate.failure"] == message
+
+    # With the key set, the notebook's set_experiment names the experiment nbgate chose.
+    follows = results["notebooks/follows.ipynb::score[cpu]"]
+    assert follows["outcome"] == "passed", output
+    (run,) = runs_of(root, "nbgate-follow")
+    assert run.info.status == "FINISHED" and run.data.metrics == {"mine": 1.0}
+
+
+SECRET = "zq8Kd93hfLw0pXr2"
+
+
+def test_what_nbgate_writes_to_mlflow_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A secret in the notebook's file name (so in the case id, run name, experiment, artifact
+    # and model names), in a parameter, a metric name and a declared output's file name.
+    name = f"nb_{SECRET}"
+    write_notebook(
+        tmp_path / "notebooks" / f"{name}.ipynb",
+        ["import os\nfrom nbgate import record\n"
+         "record('auc_' + os.environ['NBGATE_DEMO_TOKEN'], 0.9)",
+         "from pathlib import Path\nPath('models').mkdir(exist_ok=True)\n"
+         f"Path('models/{SECRET}.json').write_text('{{}}')"],
+        parameters="label = ''",
+    )
+    write_pyproject(tmp_path, (
+        f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/{name}.ipynb"\nkind = "train"\n'
+        f'parameters = {{ label = "{SECRET}" }}\noutputs = ["models/{SECRET}.json"]\n'
+        'version = "1.0.0"\n'
+    ))
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(INNER_CONFTEST))
+    clean_environment(monkeypatch)
+    output, results = run_session(tmp_path, {"NBGATE_DEMO_TOKEN": SECRET})
+    (result,) = results.values()
+    assert result["outcome"] == "passed", output
+
+    client = client_for(store_uri(tmp_path))
+    sent: list[str] = []
+    for experiment in client.search_experiments():
+        sent.append(experiment.name)
+        for run in client.search_runs([experiment.experiment_id]):
+            sent += [run.info.run_name, *run.data.params.items(), *run.data.metrics]
+            sent += [f"{k}={v}" for k, v in run.data.tags.items()]
+            sent += [a.path for a in client.list_artifacts(run.info.run_id)]
+    for model in client.search_registered_models():
+        sent.append(model.name)
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            sent += [version.description or "", *version.tags.items()]
+    text = json.dumps(sent)
+    assert "MASKED" in text and "auc_MASKED" in text and "MASKED.json" in text, text
+    assert SECRET not in text, text
+
+
 # -- a real server, as GitLab's endpoint would be used ------------------------------------
 def test_server_runs_tags_params_metrics_artifacts(
     server_session: tuple, server: MlflowServer
@@ -369,15 +673,28 @@ def hook_case(tmp_path: Path) -> tuple[Any, Any]:
     return CaseRun(spec, tmp_path, tmp_path / "reports"), result
 
 
+@pytest.fixture
+def trackers() -> Iterator[list[Any]]:
+    """Trackers made in the test process; each started a helper process, closed here."""
+    made: list[Any] = []
+    yield made
+    for tracker in made:
+        helper = tracker._helper
+        tracker.close()
+        if helper is not None and helper.process is not None:
+            assert helper.process.poll() is not None  # the helper ended with its tracker
+
+
 def test_unreachable_server_fails_the_case_fast(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
     from nbgate.tracking import Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracker = Tracker(tmp_path, optional=False)
+    trackers.append(tracker)
     run, result = hook_case(tmp_path)
     tracker.pytest_nbgate_case_start(run=run)
     assert "MLFLOW_RUN_ID" not in run.case_env
@@ -394,15 +711,16 @@ def test_unreachable_server_fails_the_case_fast(
 
 
 def test_unreachable_server_is_a_warning_when_tracking_is_optional(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
     from nbgate.tracking import NbgateTrackingWarning, Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's setting wins
     tracker = Tracker(tmp_path, optional=True)
+    trackers.append(tracker)
     run, result = hook_case(tmp_path)
     with pytest.warns(NbgateTrackingWarning, match=f"{uri} could not be reached"):
         tracker.pytest_nbgate_case_start(run=run)
@@ -412,15 +730,16 @@ def test_unreachable_server_is_a_warning_when_tracking_is_optional(
 
 
 def test_bad_token_is_a_warning_when_tracking_is_optional(
-    tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
     from nbgate.tracking import NbgateTrackingWarning, Tracker
 
-    clean_environment(monkeypatch)
+    clean_environment(monkeypatch, idle="0")
     with RecordingProxy(server.url, token=TOKEN) as proxy:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
         monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", WRONG_TOKEN)
         tracker = Tracker(tmp_path, optional=True)
+        trackers.append(tracker)
         run, result = hook_case(tmp_path)
         with pytest.warns(NbgateTrackingWarning) as caught:
             tracker.pytest_nbgate_case_start(run=run)

@@ -1,20 +1,27 @@
-"""The notebook projects the benchmark runs, generated fresh into a work folder.
+"""What the benchmark runs: generated notebook projects, and the commands timed in them.
 
 Every project is a self-contained nbgate repository (a pyproject.toml with pytest's and nbgate's
-tables), so each variant runs there as a user would: cwd = the project root.
+tables), generated fresh into a work folder, so each variant runs there as a user would:
+cwd = the project root, the tool's console script from this venv.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINING_NOTEBOOK = REPO / "notebooks" / "training_example.ipynb"
 TRAINING_CONFIG = REPO / "config.yaml"
+PYTEST_FLAGS = ("-q", "-p", "no:cacheprovider")
+# nbgate as a user gets it tracks every case in MLflow (a local sqlite store); the budget rows
+# measure that. The same runs without tracking are reported beside them, for information.
+NO_TRACKING = ("-p", "no:nbgate-tracking")
 
 SMALL_CELLS = ("y = x * 2", "print(y)", "assert y == 2")
 
@@ -159,6 +166,28 @@ def _inline_table(values: dict[str, object]) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + " }"
 
 
+def seed_mlflow_store(roots: Sequence[Path]) -> None:
+    """Give each project the MLflow store its first nbgate run would have created.
+
+    A user's repository has its store after the first run; creating one (MLflow's ~60
+    migrations) takes seconds that no later session pays, so no timed run should either. One
+    store is built, by nbgate's own code, and copied.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
+        code = ("import sys; from pathlib import Path; "
+                "from nbgate.mlflow_helper import create_local_store; "
+                "create_local_store(Path(sys.argv[1]))")
+        built = subprocess.run([sys.executable, "-c", code, folder], capture_output=True,
+                               text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        if built.returncode != 0:
+            raise SystemExit(f"bench: could not create an MLflow store:\n{built.stderr[-3000:]}")
+        for root in roots:
+            shutil.copyfile(Path(folder) / "mlflow.db", root / "mlflow.db")
+
+
 def _write_pyproject(root: Path, pipelines: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     text = (
@@ -169,3 +198,72 @@ def _write_pyproject(root: Path, pipelines: list[str]) -> None:
         + "\n"
     )
     (root / "pyproject.toml").write_text(text, encoding="utf-8")
+
+
+# -- the commands timed -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    cwd: Path
+    env: tuple[tuple[str, str], ...] = ()  # set for this command only
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str  # unique, e.g. "small-4/nbgate"
+    label: str  # how the report names it
+    commands: tuple[Command, ...]
+    ok_returncodes: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+    warmup: bool = False  # also run once, untimed, before the timed rounds
+
+
+def tool(name: str) -> tuple[str, ...]:
+    """The venv's console script (what a user types), else the module through this interpreter."""
+    script = Path(sys.executable).parent / name
+    return (str(script),) if script.is_file() else (sys.executable, "-m", name)
+
+
+def nbgate(
+    key: str, label: str, project: Project, *extra: str, tracking: bool = True,
+    warmup: bool = False, env: tuple[tuple[str, str], ...] = (),
+) -> Variant:
+    """nbgate's default run of the project (tracking on); ``tracking=False`` turns it off."""
+    flags = (*PYTEST_FLAGS, *(() if tracking else NO_TRACKING), *extra)
+    command = Command((*tool("pytest"), *flags), project.root, env)
+    return Variant(key, label, (command,), warmup=warmup)
+
+
+# nbmake's own runs go without nbgate's plugins (installed in this venv): nbgate would read the
+# project's pipelines and (with tracking) attach its MLflow helper, a cost nbmake's user has not.
+WITHOUT_NBGATE = ("-p", "no:nbgate", "-p", "no:nbgate-reporting")
+
+
+def nbmake(key: str, label: str, project: Project, warmup: bool = False) -> Variant:
+    argv = (*tool("pytest"), *PYTEST_FLAGS, *WITHOUT_NBGATE, "--nbmake", "notebooks")
+    return Variant(key, label, (Command(argv, project.root),), warmup=warmup)
+
+
+def papermill(
+    key: str, label: str, project: Project, out: Path,
+    parameters: Sequence[tuple[str, str]] = (), warmup: bool = False,
+) -> Variant:
+    """One papermill CLI process per notebook, one after another."""
+    flags = tuple(x for name, value in parameters for x in ("-p", name, value))
+    commands = tuple(
+        Command((*tool("papermill"), nb, str(out / Path(nb).name), *flags), project.root)
+        for nb in project.notebooks
+    )
+    return Variant(key, label, commands, warmup=warmup)
+
+
+def script(key: str, label: str, project: TrainingProject, warmup: bool = False) -> Variant:
+    argv = (sys.executable, project.script)
+    return Variant(key, label, (Command(argv, project.root),), warmup=warmup)
+
+
+def collect(
+    key: str, label: str, root: Path, *extra: str, warmup: bool = False
+) -> Variant:
+    # Exit code 5 is pytest's "no tests collected": the expected answer in the empty folder.
+    argv = (*tool("pytest"), "--collect-only", *PYTEST_FLAGS, *extra)
+    return Variant(key, label, (Command(argv, root),), frozenset({0, 5}), warmup)
