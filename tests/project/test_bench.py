@@ -62,9 +62,12 @@ def test_smoke_run_writes_a_report_with_every_row(tmp_path: Path) -> None:
     report = out.read_text(encoding="utf-8")
     assert report in result.stdout  # printed as well as written
     rows = {m["label"]: m for m in map(RATIO_ROW.match, report.splitlines()) if m}
-    assert set(SMOKE_ROWS) <= set(rows), sorted(rows)
+    # Every row is there; on a loaded machine a tiny smoke sample can be "not measured (noise)".
+    labels = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
+    assert set(SMOKE_ROWS) <= labels, sorted(labels)
     for label, budget in SMOKE_BUDGETS.items():
-        assert rows[label]["budget"] == budget, label
+        line = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
+        assert f"| {budget} |" in line, line
     # The report says in words which budgets were missed, or that none was.
     missed = [label for label, row in rows.items() if row["verdict"] == "MISSED"]
     if missed:
