@@ -298,6 +298,15 @@ class Service:
                     client.get_registered_model(name)
                 except Exception:
                     raise exc from None
+            # Only the local store is searched: GitLab's endpoint has no version search, and it
+            # refuses a second version with the same semver by itself.
+            local = store.local_root is not None
+            existing = _version_with_tag(client, name, register["version"]) if local else None
+            if existing is not None:
+                # The semver tag is unchanged: the same version, not another one of that tag
+                # (repeated local runs would pile them up). Bump `version` to register anew.
+                client.set_tag(run_id, "nbgate.model_version", f"{name}/{existing.version}")
+                return None
             version = client.create_model_version(
                 name, register["source"], run_id=run_id, tags=register["tags"],
                 description=register["description"], await_creation_for=0,
@@ -365,6 +374,15 @@ class Service:
         with self._as_client(conn):
             for run_id in sorted(conn.open_runs):
                 self._end(conn, run_id, status, {})
+
+
+def _version_with_tag(client: Any, name: str, semver: str) -> Any | None:
+    """The model's version tagged ``gitlab.version = semver`` in a local store, if one exists."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception:
+        return None
+    return next((v for v in versions if (v.tags or {}).get("gitlab.version") == semver), None)
 
 
 def _named(path: str, name: str, scratch: str) -> str:

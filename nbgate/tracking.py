@@ -617,6 +617,11 @@ class Tracker:
         if run.executed_notebook is not None and run.executed_notebook.is_file():
             artifacts.append((str(run.executed_notebook),  # its content is already redacted
                               mlflow_name(redactor, run.executed_notebook.name)))
+        # Recorded figures too: the MLflow run is where the README sends people to look.
+        for figure in result.figures.values():
+            path = run.root / figure
+            if path.is_file():
+                artifacts.append((str(path), mlflow_name(redactor, path.name)))
         outputs: dict[str, str] = {}
         for path in self._fresh_outputs(result, state):
             # GitLab keeps artifacts flat: the first of a name wins.

@@ -74,6 +74,12 @@ NOTEBOOKS = {
             "import mlflow\nmlflow.log_param('inside', x)\nmlflow.log_metric('inside_metric', 1.5)",
             "from pathlib import Path\nPath('models').mkdir(exist_ok=True)\n"
             "Path('models/m.json').write_text('{\"trees\": 1}')",
+            # A recorded figure (anything with savefig) goes to the run as an artifact too.
+            "from nbgate import record_figure\n"
+            "class Figure:\n"
+            "    def savefig(self, buffer, **options):\n"
+            "        buffer.write(b'\\x89PNG\\r\\n\\x1a\\n')\n"
+            "record_figure('roc', Figure())",
         ],
         "x = 1\nlabel = 'default'",
     ),
@@ -273,13 +279,30 @@ def test_local_store_gets_a_run_per_case(local_session: tuple[Path, str, dict]) 
     # Injected parameters only (not the notebook's own defaults), plus the notebook's own call.
     assert params == {"x": "5", "inside": "5"}
     assert metrics == {"auc": 0.9, "loss": 0.25, "inside_metric": 1.5}
-    assert artifact_names(client, run.info.run_id) == {"notebooks-good-train-cpu.ipynb", "m.json"}
+    assert artifact_names(client, run.info.run_id) == {
+        "notebooks-good-train-cpu.ipynb", "m.json", "notebooks-good-train-cpu-roc.png"}
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(root / "mlruns")
     # The model is registered with the pipeline's semantic version.
     (version,) = client.search_model_versions("name='good'")
     assert version.tags["gitlab.version"] == "1.2.3" and version.run_id == run.info.run_id
     assert tags["nbgate.model_version"] == f"good/{version.version}"
+
+
+def test_a_second_local_run_reuses_the_version_of_an_unchanged_semver(
+    local_session: tuple[Path, str, dict],
+) -> None:
+    """`make train` twice locally: one registered version per semver tag, not a pile of them."""
+    root, _, _ = local_session
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        clean_environment(monkeypatch)
+        output, results = run_session(root, None, "-k", "good")
+    client = client_for(f"sqlite:///{(root / 'mlflow.db').resolve().as_posix()}")
+    versions = client.search_model_versions("name='good'")
+    assert [v.tags["gitlab.version"] for v in versions] == ["1.2.3"], output
+    _, tags, _, _ = run_data(client, results["notebooks/good.ipynb::train[cpu]"]["tracking"]
+                             ["run_id"])
+    assert tags["nbgate.model_version"] == f"good/{versions[0].version}"
 
 
 def test_failing_and_timed_out_cases_end_failed(local_session: tuple[Path, str, dict]) -> None:
@@ -604,7 +627,8 @@ def test_server_runs_tags_params_metrics_artifacts(
     }.items() <= tags.items()
     assert params == {"x": "5", "inside": "5"}
     assert metrics == {"auc": 0.9, "loss": 0.25, "inside_metric": 1.5}
-    assert artifact_names(client, run.info.run_id) == {"notebooks-good-train-cpu.ipynb", "m.json"}
+    assert artifact_names(client, run.info.run_id) == {
+        "notebooks-good-train-cpu.ipynb", "m.json", "notebooks-good-train-cpu-roc.png"}
     notebook = client.download_artifacts(run.info.run_id, "notebooks-good-train-cpu.ipynb",
                                          str(root))
     assert "token is [MASKED]" in Path(notebook).read_text() and TOKEN not in output
