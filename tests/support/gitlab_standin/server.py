@@ -174,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep test output quiet; the stand-in has its own request log
+        """Quiet: the stand-in keeps its own request log, test output stays readable."""
 
     def do_GET(self) -> None:
         self._handle()
@@ -184,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             # Reaches internal_errors: python-gitlab always sends Content-Length.
-            raise NotImplementedError("the stand-in does not read chunked request bodies")
+            raise ValueError("the stand-in does not read chunked request bodies")
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
