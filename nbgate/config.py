@@ -165,6 +165,7 @@ class _Parser:
         self.path = path
         self.root = path.parent
         self.real_root = os.path.realpath(self.root)
+        self._real_folders: dict[str, str] = {}
 
     def fail(self, where: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {where}: {problem}")
@@ -410,8 +411,22 @@ class _Parser:
         String operations, not pathlib: this runs for every declared pipeline on every pytest
         start, and thousands of Path.resolve() calls showed up in collection time.
         """
-        real = os.path.realpath(os.path.join(self.real_root, value))
-        if os.path.isabs(value) or not real.startswith(self.real_root + os.sep):
+        if os.path.isabs(value):
+            raise self.fail(where, f"{value!r} must be a path inside {self.root}")
+        joined = os.path.join(self.real_root, value)
+        if ".." in value.replace("\\", "/").split("/"):
+            real = os.path.realpath(joined)  # ".." after a symlink: only realpath knows where
+        else:
+            # Pipelines share a few folders: resolve each folder once, then only the file
+            # itself (one lstat) unless it is a link.
+            folder, name = os.path.split(joined)
+            real_folder = self._real_folders.get(folder)
+            if real_folder is None:
+                real_folder = self._real_folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folder, name)
+            if os.path.islink(real):
+                real = os.path.realpath(real)
+        if not real.startswith(self.real_root + os.sep):
             raise self.fail(where, f"{value!r} must be a path inside {self.root}")
         return real
 
