@@ -233,7 +233,7 @@ def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
         from reporting.production import fetch_baseline
 
-        dest = args.dest or _reports(argparse.Namespace(reports=None), config)[0] / "baseline"
+        dest = args.dest or (config.reports if config is not None else Path("reports")) / "baseline"
         notebooks = [p.notebook for p in config.pipelines] if config is not None else []
         fetch_baseline(dict(env), notebooks, dest, echo=echo)
 

@@ -134,17 +134,6 @@ class NbgateConfig:
             sources.append(ParameterSource("ci", self.ci_parameters, required=False))
         return tuple(sources)
 
-    def parameters_for(self, case: Case, in_ci: bool) -> dict[str, Any]:
-        """Every parameter the case may inject, merged (later sources win).
-
-        Runner and CI parameters reach only notebooks whose parameters cell defines them, so
-        what a run injects is this minus the shared names its notebook does not define.
-        """
-        merged: dict[str, Any] = {}
-        for source in self.parameter_sources(case, in_ci):
-            merged.update(source.values)
-        return merged
-
 
 def load_config(pyproject: Path) -> NbgateConfig | None:
     """Read ``[tool.nbgate]``; None when the file or the table is absent."""

@@ -95,11 +95,6 @@ def get_state(config: pytest.Config) -> NbgateState:
     return config.stash[state_key]
 
 
-def reports_dir(config: pytest.Config) -> Path:
-    """Where nbgate writes reports for this session (the reporting plugin writes there too)."""
-    return get_state(config).reports
-
-
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 

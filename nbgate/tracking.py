@@ -366,13 +366,6 @@ def helper_key(idle: float) -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    with contextlib.suppress(OSError):
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(text)
-        os.replace(partial, path)
-
-
 def _flock(handle: Any) -> None:
     try:
         import fcntl

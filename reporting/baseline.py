@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from nbgate.contract.baselines import BaselineRun
@@ -195,4 +195,3 @@ class BaselineLookup:
 
     baseline: Baseline | None
     reason: str | None = None
-    problems: list[str] = field(default_factory=list)

@@ -350,21 +350,19 @@ def results_tables(
     comparison: Comparison | None = None,
     case_label: Callable[[CaseResult], str] | None = None,
     run_link: bool = True,
-    max_rows: int | None = None,
 ) -> str:
     """Per pipeline group: the main table (gated metrics), then every other recorded metric in a
     collapsed table. A heading names the pipeline when there are several groups."""
     parts = []
     groups = pipeline_groups(results)
     for group in groups:
-        shown = group[:max_rows] if max_rows else group
         if len(groups) > 1:
             parts.append(f"**{md_cell(group[0].notebook or group[0].case_id)}**")
-        parts.append(case_table(shown, comparison=comparison, case_label=case_label,
+        parts.append(case_table(group, comparison=comparison, case_label=case_label,
                                 run_link=run_link))
         gated = set(gated_names(group))
         others = [n for n in metric_names(group) if n not in gated]
-        detail = details_table(shown, others, comparison=comparison, case_label=case_label)
+        detail = details_table(group, others, comparison=comparison, case_label=case_label)
         if detail:
             noun = "metric" if len(others) == 1 else "metrics"
             parts.append(f"<details><summary>All recorded metrics ({len(others)} more "

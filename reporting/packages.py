@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import PurePosixPath
-from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from reporting.errors import PublishError, PublishUsageError
@@ -97,7 +96,6 @@ class PackageVersion:
     name: str
     version: str
     package_id: int
-    created_at: str = ""
 
 
 class Registry:
@@ -117,8 +115,7 @@ class Registry:
                     package_type="generic", package_name=name, order_by="created_at",
                     sort="desc", per_page=100, iterator=True):
                 if package.name == name:
-                    found.append(PackageVersion(name, str(package.version), int(package.id),
-                                                str(getattr(package, "created_at", ""))))
+                    found.append(PackageVersion(name, str(package.version), int(package.id)))
             return found
 
         return self.session.call(self.session.endpoint("GET", path), listing)
@@ -176,7 +173,3 @@ def no_release(name: str, endpoint: str) -> PublishError:
         "`nbgate publish artifacts` from the default branch (a scheduled or `train <notebook>` "
         "pipeline on it), or by `nbgate promote` when a merge request with a passing candidate "
         "is merged", "no release")
-
-
-def describe(package: PackageVersion | Any) -> str:
-    return f"{package.name} {package.version}"

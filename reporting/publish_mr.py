@@ -91,9 +91,9 @@ def publish_mr(
         data = comment_data(k, runs, env_ctx, lookup)
         data.missing = missing_shards(folders)
         if dry_run or session is None or iid is None:  # (the last two only in a dry run)
-            _show(session, iid, data, runs, root, echo, scrub)
+            _show(session, iid, data, runs, echo, scrub)
         else:
-            _post(session, iid, data, runs, root, echo, scrub)
+            _post(session, iid, data, runs, echo, scrub)
 
 
 def _show(
@@ -101,7 +101,6 @@ def _show(
     iid: int | None,
     data: CommentData,
     runs: Sequence[RunReports],
-    root: Path,
     echo: Echo,
     scrub: Callable[[str], str],
 ) -> None:
@@ -109,7 +108,7 @@ def _show(
     With a session the existing comment is read, so the body is the one an update would send."""
     previous = _existing(session, iid, data.kind)[0] if session and iid else None
     state = decode_state(previous.body) if previous else None
-    shown = merge_previous(_with_local_figures(data, runs, root), state)
+    shown = merge_previous(_with_local_figures(data, runs), state)
     action = "update" if previous else "create"
     target = f"!{iid}" if iid else "the merge request"
     echo(f"--- dry run: would {action} the {data.kind} comment on {target}; body: ---")
@@ -117,7 +116,7 @@ def _show(
     echo("--- end of body ---")
     # The same body as a page rendered like a GitLab note, its figures linked from beside it.
     preview = runs[0].folder / f"comment-{data.kind}.html"
-    local = merge_previous(_with_local_figures(data, runs, root, preview.parent), state)
+    local = merge_previous(_with_local_figures(data, runs, preview.parent), state)
     write_preview(preview, scrub(render_comment(local)), f"nbgate {data.kind} comment")
     echo(f"preview: {display_path(preview)} (open it in a browser)")
 
@@ -216,7 +215,7 @@ def comment_data(
 # -- figures ---------------------------------------------------------------------------------
 
 
-def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> dict[str, Path]:
+def _figure_files(data: CommentData, runs: Sequence[RunReports]) -> dict[str, Path]:
     """Figure path (as the result names it) -> the file here."""
     folders = {r.case_id: run.folder for run in runs for r in run.results}
     found = {}
@@ -230,11 +229,11 @@ def _figure_files(data: CommentData, runs: Sequence[RunReports], root: Path) -> 
 
 
 def _with_local_figures(
-    data: CommentData, runs: Sequence[RunReports], root: Path, base: Path | None = None
+    data: CommentData, runs: Sequence[RunReports], base: Path | None = None
 ) -> CommentData:
     """``data`` with each figure linked to its local file: relative to ``base`` (a page beside
     it), else to the working folder."""
-    files = _figure_files(data, runs, root)
+    files = _figure_files(data, runs)
 
     def where(path: Path) -> str:
         return Path(os.path.relpath(path, base)).as_posix() if base else display_path(path)
@@ -245,9 +244,9 @@ def _with_local_figures(
 
 
 def _upload_figures(
-    session: GitLabSession, data: CommentData, runs: Sequence[RunReports], root: Path, echo: Echo
+    session: GitLabSession, data: CommentData, runs: Sequence[RunReports], echo: Echo
 ) -> None:
-    files = _figure_files(data, runs, root)
+    files = _figure_files(data, runs)
     for case in data.cases:
         for name, path in case.result.figures.items():
             if path in case.figures:
@@ -303,13 +302,12 @@ def _post(
     iid: int,
     data: CommentData,
     runs: Sequence[RunReports],
-    root: Path,
     echo: Echo,
     scrub: Callable[[str], str],
 ) -> None:
     note, duplicates = _existing(session, iid, data.kind)
     data = merge_previous(data, decode_state(note.body) if note is not None else None)
-    _upload_figures(session, data, runs, root, echo)
+    _upload_figures(session, data, runs, echo)
     body = scrub(render_comment(data))
     mr = session.project.mergerequests.get(iid, lazy=True)
     notes_path = f"/merge_requests/{iid}/notes"

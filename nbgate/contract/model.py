@@ -17,7 +17,6 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 Outcome = Literal["passed", "failed", "skipped"]
-OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "skipped")
 KINDS = ("train", "score")  # declared pipeline kinds; fixture runs are "custom"
 CUSTOM_KIND = "custom"
 
@@ -48,7 +47,6 @@ COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 NEGATED = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!="}
 BASELINE = "baseline"
-BASELINE_OPS = ("+", "-", "*")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 # Longest operators first so ">=" is not read as ">" followed by "=0.9".
 _RULE = re.compile(
