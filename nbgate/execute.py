@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 from nbgate.config import ParameterSource
 from nbgate.contract.model import Failure
 from nbgate.contract.text import strip_ansi
+from nbgate.injection import INJECTED_TAG, inject_parameters
 from nbgate.kernels import Kernel, KernelPool, KernelStartError
 from nbgate.notebook import (
-    INJECTED_TAG,
     NotebookProblem,
     Recorded,
     check_kernel,
-    inject_parameters,
     read_notebook,
     read_recorded,
     resolve_parameters,

@@ -14,11 +14,13 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -177,7 +179,7 @@ class KernelPool:
             await manager.start_kernel(cwd=str(cwd), env=dict(env))
             client = manager.client()
             client.start_channels()
-            await client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            await wait_until_ready(client, STARTUP_TIMEOUT)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await manager.shutdown_kernel(now=True)
@@ -199,6 +201,51 @@ class KernelPool:
             kernel.client.stop_channels()
         with contextlib.suppress(Exception):
             await kernel.manager.shutdown_kernel(now=True)
+
+
+async def wait_until_ready(client: AsyncKernelClient, timeout: float) -> None:
+    """Return once the kernel answers on shell and its IOPub messages reach us.
+
+    jupyter_client's ``wait_for_ready`` ends by draining IOPub until it has been quiet for
+    0.2 s: a fixed wait on every kernel start, a third of a small notebook's start-up. Seeing
+    IOPub carry the status of our own kernel_info request proves the subscription is live
+    just as well, and the executor reads only replies to its own requests, so nothing needs
+    draining.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        request = client.kernel_info()
+        if await _reply_arrives(client, request, deadline) and await _iopub_carries(
+            client, request
+        ):
+            return
+        if not await client.is_alive():
+            raise RuntimeError("the kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the kernel did not answer within {timeout:g} s")
+
+
+async def _reply_arrives(client: AsyncKernelClient, request: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            msg = await client.get_shell_msg(timeout=1)
+        except Empty:
+            return False  # no reply for a second: is the kernel still alive?
+        if msg["parent_header"].get("msg_id") == request:
+            return True
+    return False
+
+
+async def _iopub_carries(client: AsyncKernelClient, request: str) -> bool:
+    """Does IOPub deliver the kernel's status for ``request``? If the subscription was not
+    connected when the kernel published it, the caller asks again (as jupyter_client does)."""
+    while True:
+        try:
+            msg = await client.get_iopub_msg(timeout=0.2)
+        except Empty:
+            return False
+        if msg["parent_header"].get("msg_id") == request:
+            return True
 
 
 def _same_interpreter_specs(python: str) -> Any:

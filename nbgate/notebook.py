@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbgate.config import ParameterSource
+from nbgate.injection import PARAMETERS_TAG
 from nbgate.recording import FIGURE_MIME, METRIC_MIME
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
-PARAMETERS_TAG = "parameters"
-INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it inserts
 _PYTHON_LANGUAGES = ("python", "python3", "python2", "ipython", "ipython3")
 
 
@@ -55,7 +54,7 @@ def read_notebook(path: Path) -> NotebookNode:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise NotebookProblem("not_a_notebook", f"not a notebook: {reason}") from None
     for cell in nb.cells:
-        # papermill's injection (and its own loader) expects every cell to carry a tags list.
+        # Every cell carries a tags list, as papermill's loader leaves it in executed notebooks.
         cell.metadata.setdefault("tags", [])
     return nb
 
@@ -176,17 +175,6 @@ def resolve_parameters(
             if source.required or (declared is not None and name in declared):
                 injected[name] = value
     return injected
-
-
-def inject_parameters(nb: NotebookNode, parameters: dict[str, Any]) -> NotebookNode:
-    """Papermill's own injection, so executed notebooks look the way papermill users expect."""
-    if not parameters:
-        return nb
-    from papermill.parameterize import parameterize_notebook
-
-    # The metadata papermill's own loader would have added; its injection writes into it.
-    nb.metadata.setdefault("papermill", {"parameters": {}, "environment_variables": {}})
-    return parameterize_notebook(nb, parameters, kernel_name="python3", language="python")
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_a_plain_install_collects_a_project_without_the_example_stack(tmp_path: 
 
     missing = subprocess.run(
         [str(python), "-c", "import importlib.util as u, nbgate, reporting.plugin; "
-         "print([m for m in ('xgboost', 'optuna', 'nbmake') if u.find_spec(m)])"],
+         "print([m for m in ('xgboost', 'optuna', 'nbmake', 'papermill') if u.find_spec(m)])"],
         capture_output=True, text=True)
     assert missing.stdout.strip() == "[]", missing.stdout + missing.stderr
 
