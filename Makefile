@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml requirements.txt requirements-test.txt
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set (as on CI machines), every kernel
 	@# would otherwise recompile scikit-learn, xgboost and pandas on import (~4 s a notebook).
 	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e ".[example,bench,test]"
+	@# pytest's own compiled copies of the plugin modules, which it never writes where
+	@# PYTHONDONTWRITEBYTECODE is set: without them every pytest process recompiles ~80 modules.
+	bash .ci/warm-bytecode.sh $(PY)
 	touch $@
 
 train: $(STAMP)

@@ -64,9 +64,12 @@ NOTES = {
     "cold-helper row is a session that starts its own helper and imports mlflow meanwhile "
     "(~3 s of CPU), as every CI job and a first session do",
     "small notebooks": "a parameters cell and three trivial cells each, one cpu case each",
+    "plugins": "nbgate and nbmake are both installed in this venv; each runs as its own users "
+    "have it, with the other's pytest plugins disabled (`-p no:...`)",
     "collection": "N cases = N/2 notebooks, each one pipeline on the cpu and gpu runners; "
-    "per case: (nbgate's collection - a bare `pytest --collect-only` in an empty folder) / N, "
-    "against nbmake's `--nbmake --collect-only` of the same N/2 notebooks per notebook",
+    "per case: (nbgate's collection - a bare `pytest --collect-only` in an empty folder, with "
+    "nbgate's plugins) / N, against (nbmake's `--nbmake --collect-only` of the same N/2 "
+    "notebooks - the bare run with nbmake's plugins) per notebook",
     "-n 2": "the same project and command, serial and with `-n 2` (speedup = serial / -n 2). "
     "A serial nbgate run already boots two kernels at a time on 2 cores; `-n 2` adds two "
     "pytest workers' start-up, and pays off where the notebooks compute",
@@ -142,13 +145,20 @@ def plan(chosen: Settings, root: Path) -> tuple[list[Variant], list[Comparison]]
                    "training/papermill"),
     ]
 
+    # Each tool's per-item cost is measured above a bare run with its own plugins loaded (the
+    # other tool's disabled, as in its runs), so neither pays for the other's start-up.
     bare = projects.empty_project(root / "empty")
-    planned.append(projects.collect("collect/bare", "collect: bare pytest, empty folder", bare,
-                                    warmup=True))
+    planned += [
+        projects.collect("collect/bare", "collect: bare pytest (nbgate's plugins), empty folder",
+                         bare, *projects.WITHOUT_NBMAKE, warmup=True),
+        projects.collect("collect/bare-nbmake",
+                         "collect: bare pytest (nbmake's plugins), empty folder", bare,
+                         *projects.WITHOUT_NBGATE, warmup=True),
+    ]
     for n in chosen.collection_sizes:
         project = projects.collection_project(root / f"collect-{n}", n)
         planned.append(projects.collect(f"collect-{n}/nbgate", f"collect: {n} cases",
-                                        project.root))
+                                        project.root, *projects.WITHOUT_NBMAKE))
         rows.append(Comparison(f"collecting {n} cases / bare pytest --collect-only",
                                f"collect-{n}/nbgate", "collect/bare"))
         if n == chosen.collection_budget_cases:
@@ -159,7 +169,7 @@ def plan(chosen: Settings, root: Path) -> tuple[list[Variant], list[Comparison]]
             rows.append(Comparison(
                 f"collection: nbgate per case ({n}) / nbmake per notebook ({notebooks})",
                 f"collect-{n}/nbgate", f"collect-{n}/nbmake", 1.0, kind="per item",
-                baseline="collect/bare", items=(n, notebooks)))
+                baselines=("collect/bare", "collect/bare-nbmake"), items=(n, notebooks)))
 
     small = projects.small_project(root / f"xdist-small-{chosen.xdist_small}",
                                    chosen.xdist_small)

@@ -210,11 +210,25 @@ def bytecode_state(bytecode_cache: Path | None) -> str:
     spec = importlib.util.find_spec("ipykernel.kernelapp")
     compiled = bool(spec and spec.origin and Path(
         importlib.util.cache_from_source(spec.origin)).is_file())
-    if compiled or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        return "compiled in the venv" if compiled else "written on first import"
-    return ("NOT compiled and PYTHONDONTWRITEBYTECODE is set: every process compiles what it "
-            "imports, so these numbers are inflated; run `make install` again or pass "
-            "--bytecode-cache DIR")
+    if not compiled and os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return ("NOT compiled and PYTHONDONTWRITEBYTECODE is set: every process compiles what it "
+                "imports, so these numbers are inflated; run `make install` again or pass "
+                "--bytecode-cache DIR")
+    state = "compiled in the venv" if compiled else "written on first import"
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return state
+    # pytest keeps its assert-rewritten copies of plugin modules apart and, with
+    # PYTHONDONTWRITEBYTECODE set, never writes them; make install writes them once.
+    import pytest
+
+    plugin = importlib.util.find_spec("nbgate.plugin")
+    tail = f".{sys.implementation.cache_tag}-pytest-{pytest.__version__}.pyc"
+    rewritten = bool(plugin and plugin.origin and (
+        Path(plugin.origin).parent / "__pycache__" / f"plugin{tail}").is_file())
+    return f"{state}; pytest's rewritten plugin modules " + (
+        "compiled by make install" if rewritten else
+        "NOT compiled (PYTHONDONTWRITEBYTECODE is set): every pytest process recompiles them; "
+        "run `make install` again")
 
 
 def versions() -> dict[str, str]:

@@ -223,19 +223,22 @@ def tool(name: str) -> tuple[str, ...]:
     return (str(script),) if script.is_file() else (sys.executable, "-m", name)
 
 
+# Both tools are installed in this venv, and pytest loads every installed plugin. Each tool runs
+# as its own users have it: nbmake without nbgate's plugins (nbgate would read the project's
+# pipelines and attach its MLflow helper), nbgate without nbmake's (~0.3 s of imports a
+# process: nbclient, jupyter_client and nbformat at start-up).
+WITHOUT_NBGATE = ("-p", "no:nbgate", "-p", "no:nbgate-reporting", "-p", "no:nbgate-shard")
+WITHOUT_NBMAKE = ("-p", "no:nbmake")
+
+
 def nbgate(
     key: str, label: str, project: Project, *extra: str, tracking: bool = True,
     warmup: bool = False, env: tuple[tuple[str, str], ...] = (),
 ) -> Variant:
     """nbgate's default run of the project (tracking on); ``tracking=False`` turns it off."""
-    flags = (*PYTEST_FLAGS, *(() if tracking else NO_TRACKING), *extra)
+    flags = (*PYTEST_FLAGS, *WITHOUT_NBMAKE, *(() if tracking else NO_TRACKING), *extra)
     command = Command((*tool("pytest"), *flags), project.root, env)
     return Variant(key, label, (command,), warmup=warmup)
-
-
-# nbmake's own runs go without nbgate's plugins (installed in this venv): nbgate would read the
-# project's pipelines and (with tracking) attach its MLflow helper, a cost nbmake's user has not.
-WITHOUT_NBGATE = ("-p", "no:nbgate", "-p", "no:nbgate-reporting")
 
 
 def nbmake(key: str, label: str, project: Project, warmup: bool = False) -> Variant:

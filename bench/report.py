@@ -18,8 +18,9 @@ class Comparison:
     ``kind``:
     - "ratio": numerator / denominator (a cost ratio, or a speedup with ``at_least``);
     - "added": numerator - denominator, in seconds (what a feature adds to a session);
-    - "per item": what each item costs above ``baseline``: (numerator - baseline) / its
-      ``items[0]``, divided by (denominator - baseline) / its ``items[1]``.
+    - "per item": what each item costs above its tool's fixed start-up: (numerator -
+      ``baselines[0]``) / ``items[0]``, divided by (denominator - ``baselines[1]``) /
+      ``items[1]``. Each baseline is a bare run with that tool's own plugins loaded.
     """
 
     label: str
@@ -28,12 +29,12 @@ class Comparison:
     budget: float | None = None  # None: reported for information only
     at_least: bool = False  # a speedup must reach the budget; a cost must stay under it
     kind: Kind = "ratio"
-    baseline: str | None = None  # "per item" only
+    baselines: tuple[str, str] | None = None  # "per item" only
     items: tuple[int, int] = (1, 1)  # "per item" only
 
     @property
     def keys(self) -> set[str]:
-        return {self.numerator, self.denominator} | ({self.baseline} if self.baseline else set())
+        return {self.numerator, self.denominator} | set(self.baselines or ())
 
     def value(self, samples: Mapping[str, Samples]) -> tuple[float, float] | None:
         """(from the medians, from the minimums); None when a side has no sample."""
@@ -43,10 +44,11 @@ class Comparison:
         if self.kind == "added":
             return num.median - den.median, num.min - den.min
         if self.kind == "per item":
-            assert self.baseline is not None
-            base = samples[self.baseline]
-            by_median = _per_item(num.median, den.median, base.median, self.items)
-            by_min = _per_item(num.min, den.min, base.min, self.items)
+            assert self.baselines is not None
+            num_base, den_base = (samples[key] for key in self.baselines)
+            by_median = _per_item(
+                (num.median, num_base.median), (den.median, den_base.median), self.items)
+            by_min = _per_item((num.min, num_base.min), (den.min, den_base.min), self.items)
             if by_median is None or by_min is None:
                 return None
             return by_median, by_min
@@ -69,12 +71,13 @@ class Comparison:
 
 
 def _per_item(
-    num: float, den: float, base: float, items: tuple[int, int]
+    num: tuple[float, float], den: tuple[float, float], items: tuple[int, int]
 ) -> float | None:
-    above = den - base
+    """``num``/``den``: (the run, its bare baseline)."""
+    above = den[0] - den[1]
     if above <= 0:  # the baseline took as long: nothing to divide by
         return None
-    return ((num - base) / items[0]) / (above / items[1])
+    return ((num[0] - num[1]) / items[0]) / (above / items[1])
 
 
 def render(

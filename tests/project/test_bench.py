@@ -96,7 +96,7 @@ def test_script_variant_sets_parameters_right_after_the_parameters_cell(tmp_path
 
 def test_verdicts_follow_the_direction_of_each_budget() -> None:
     samples = {"a": Samples((1.0, 2.0, 9.0)), "b": Samples((4.0, 4.0, 4.0)),
-               "bare": Samples((0.5, 1.0, 1.0))}
+               "bare": Samples((0.5, 1.0, 1.0)), "bare-b": Samples((1.5, 2.0, 2.0))}
     cost = Comparison("cost", "a", "b", budget=0.6)
     speedup = Comparison("speedup", "b", "a", budget=1.3, at_least=True)
     assert cost.value(samples) == (0.5, 0.25)  # medians 2 / 4, minimums 1 / 4
@@ -107,12 +107,13 @@ def test_verdicts_follow_the_direction_of_each_budget() -> None:
     added = Comparison("added", "b", "a", budget=1.0, kind="added")
     assert added.value(samples) == (2.0, 3.0) and added.verdict(2.0) == "MISSED"
     assert added.budget_text() == "≤ 1 s"
-    # Per item above the bare baseline: a: (2 - 1) / 10 items, b: (4 - 1) / 5 items.
-    per_item = Comparison("per", "a", "b", 1.0, kind="per item", baseline="bare", items=(10, 5))
+    # Per item above each tool's own bare run: a: (2 - 1) / 10 items, b: (4 - 2) / 5 items.
+    per_item = Comparison("per", "a", "b", 1.0, kind="per item", baselines=("bare", "bare-b"),
+                          items=(10, 5))
     by_median, _ = per_item.value(samples)
-    assert round(by_median, 4) == round((1 / 10) / (3 / 5), 4)
+    assert round(by_median, 4) == round((1 / 10) / (2 / 5), 4)
     assert per_item.verdict(by_median) == "holds"
-    assert per_item.value({**samples, "b": Samples((1.0,))}) is None  # no cost above bare
+    assert per_item.value({**samples, "b": Samples((2.0,))}) is None  # no cost above bare
 
 
 def test_time_limit_stops_a_run_with_everything_it_started_and_counts_no_sample(
