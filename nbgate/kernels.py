@@ -200,7 +200,24 @@ class KernelPool:
         with contextlib.suppress(Exception):
             kernel.client.stop_channels()
         with contextlib.suppress(Exception):
-            await kernel.manager.shutdown_kernel(now=True)
+            await _kill_and_reap(kernel.manager)
+        with contextlib.suppress(Exception):
+            await kernel.manager.shutdown_kernel(now=True)  # cleanup; the process is gone
+
+
+async def _kill_and_reap(manager: AsyncKernelManager) -> None:
+    """SIGKILL the kernel and wait, in short steps, until it is reaped.
+
+    jupyter_client checks a killed kernel every 0.1 s, so the last kernel of a session held
+    pytest's exit that long; a killed process is gone within milliseconds.
+    """
+    provisioner = manager.provisioner
+    if provisioner is None:
+        return
+    await provisioner.kill()
+    deadline = time.monotonic() + 2.0  # past it, shutdown_kernel's own wait takes over
+    while await provisioner.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def wait_until_ready(client: AsyncKernelClient, timeout: float) -> None:
