@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
-from bench.projects import PYTEST_FLAGS, REPO, Command, Variant, tool
+from bench.projects import PYTEST_FLAGS, REPO, WITHOUT_NBMAKE, Command, Variant, tool
 
 COMMAND_TIMEOUT = 600.0
 PACKAGES = ("nbgate", "mlflow", "pytest", "papermill", "nbmake", "nbclient", "nbformat",
@@ -172,7 +172,7 @@ def probe_collection(root: Path, env: Mapping[str, str], log_dir: Path) -> Probe
         # The probe plugin is imported by name, from this checkout.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
     }
-    argv = (*tool("pytest"), "--collect-only", *PYTEST_FLAGS,
+    argv = (*tool("pytest"), "--collect-only", *PYTEST_FLAGS, *WITHOUT_NBMAKE,
             "-p", "bench.probe")
     probe = Variant("probe", "collection probe", (Command(argv, root),))
     run_variant(probe, probe_env, log_dir)

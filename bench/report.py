@@ -127,8 +127,8 @@ def render(
     lines += ["| comparison | value (median) | value (min) | budget | verdict |",
               "| --- | ---: | ---: | --- | --- |", *rows]
     if probe is not None:
-        lines += ["", "Heavy modules that installed plugins import when pytest starts (before "
-                      "collection, the same in every pytest variant): "
+        lines += ["", "Heavy modules imported when pytest starts with nbgate's plugins (before "
+                      "collection): "
                       f"{', '.join(probe.at_plugin_load) or 'none'}."]
     lines += ["", "## Timings (s)", "", "| variant | min | median | samples |",
               "| --- | ---: | ---: | --- |"]
