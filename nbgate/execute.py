@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nbgate.config import ParameterSource
 from nbgate.contract.model import Failure
 from nbgate.contract.text import strip_ansi
-from nbgate.injection import INJECTED_TAG, inject_parameters
+from nbgate.injection import INJECTED_TAG, has_tag, inject_parameters
 from nbgate.kernels import Kernel, KernelPool, KernelStartError
 from nbgate.notebook import (
     NotebookProblem,
@@ -212,7 +212,7 @@ def cell_label(nb: NotebookNode, index: int) -> str:
 
 
 def _is_injected(cell: Any) -> bool:
-    return INJECTED_TAG in (cell.get("metadata", {}).get("tags") or [])
+    return has_tag(cell, INJECTED_TAG)
 
 
 def cell_failure(

@@ -53,12 +53,13 @@ def parameters_source(parameters: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def has_tag(cell: Any, tag: str) -> bool:
+    return tag in (cell.get("metadata", {}).get("tags") or [])
+
+
 def tagged_index(nb: NotebookNode, tag: str) -> int:
     """The first cell carrying ``tag``, or -1."""
-    for index, cell in enumerate(nb.cells):
-        if tag in (cell.get("metadata", {}).get("tags") or []):
-            return index
-    return -1
+    return next((index for index, cell in enumerate(nb.cells) if has_tag(cell, tag)), -1)
 
 
 def inject_parameters(nb: NotebookNode, parameters: dict[str, Any]) -> NotebookNode:

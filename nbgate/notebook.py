@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbgate.config import ParameterSource
-from nbgate.injection import PARAMETERS_TAG
+from nbgate.injection import PARAMETERS_TAG, has_tag
 from nbgate.recording import FIGURE_MIME, METRIC_MIME
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _installed_language(kernel_name: str) -> str | None:
 def parameter_names(nb: NotebookNode) -> set[str] | None:
     """Names assigned in the cell tagged ``parameters``; None when there is no such cell."""
     for cell in nb.cells:
-        if cell.cell_type == "code" and PARAMETERS_TAG in cell.get("metadata", {}).get("tags", []):
+        if cell.cell_type == "code" and has_tag(cell, PARAMETERS_TAG):
             return _assigned_names(cell.source)
     return None
 
