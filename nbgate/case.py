@@ -13,9 +13,10 @@ from typing import Any
 
 from nbgate.case_files import ReportFiles
 from nbgate.config import ParameterSource
-from nbgate.contract.model import CaseResult, Failure, Threshold, ThresholdCheck
+from nbgate.contract.model import CaseResult, Failure, Fingerprint, Threshold, ThresholdCheck
 from nbgate.contract.redact import Redactor
 from nbgate.execute import RunRequest, execute, prepare
+from nbgate.fingerprint import case_fingerprint
 from nbgate.kernels import KernelPool, kernel_environment
 from nbgate.thresholds import evaluate, not_finite
 
@@ -40,6 +41,7 @@ class CaseSpec:
     require_baseline: bool = False  # an unchecked baseline rule fails
     timeout: float = 900.0
     outputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # declared inputs, hashed into the fingerprint
     experiment: str | None = None
     version: str | None = None
 
@@ -166,9 +168,18 @@ class CaseRunner:
             result.failure = Failure(**redactor.deep(vars(result.failure)))
         result.outcome = "failed" if result.failure else "passed"
         result.outputs = [o for o in spec.outputs if (self.root / o).is_file()]
+        if prepared.nb is not None:
+            result.fingerprint = self._fingerprint(spec, prepared.nb.cells, prepared.parameters)
         if self.hook is not None:
             self.hook.pytest_nbgate_case_finish(run=run, result=result)
         return result
+
+    def _fingerprint(self, spec: CaseSpec, cells: Any, parameters: Mapping[str, Any]) \
+            -> Fingerprint | None:
+        try:
+            return case_fingerprint(cells, parameters, self.root, spec.inputs)
+        except OSError:  # an input removed since the config was read: no claim is better
+            return None
 
     def _relative(self, path: Path) -> str:
         try:

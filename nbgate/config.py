@@ -18,11 +18,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nbgate.contract.model import KINDS, Threshold, case_id
+from nbgate.contract.names import (
+    CANDIDATE_SUFFIX,
+    file_name_problem,
+    package_name,
+    version_problem,
+)
 from nbgate.thresholds import parse_threshold
 
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_RUNNERS: dict[str, dict[str, Any]] = {"cpu": {}, "gpu": {"gpu": True}}
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+# Semantic version without build metadata: the part after "+" is nbgate's (commit, pipeline).
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$", re.ASCII)
 _RUNNER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A runner name becomes a pytest mark on its cases. These marks change how pytest runs a test
 # (a runner named "xfail" turned a failed gate into "1 xfailed", exit 0; "skip" gave an
@@ -77,6 +84,7 @@ class Pipeline:
     thresholds: tuple[Threshold, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     outputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # files and folders hashed into the case's fingerprint
     experiment: str | None = None
     version: str | None = None
     # File-name-safe form of the whole notebook path (see _file_names); "" outside the parser.
@@ -264,6 +272,7 @@ class _Parser:
                     f"{p.kind!r} in [[tool.nbgate.pipelines]] #{seen[(p.notebook, p.kind)] + 1}",
                 )
             seen[(p.notebook, p.kind)] = i
+        self.distinct_packages(pipelines)
         return NbgateConfig(
             path=self.path,
             root=self.root,
@@ -338,6 +347,7 @@ class _Parser:
                 "thresholds",
                 "timeout",
                 "outputs",
+                "inputs",
                 "experiment",
                 "version",
             ),
@@ -372,12 +382,32 @@ class _Parser:
         outputs = self.string_list(f"{where}.outputs", raw.get("outputs", []))
         for i, output in enumerate(outputs):
             self.inside_root(f"{where}.outputs[{i}]", output)
+            # Each output is a file of a package version: GitLab refuses a name like
+            # "model v2.pkl" only at the upload, after the training it came from.
+            problem = file_name_problem(PurePosixPath(output.replace("\\", "/")).name)
+            if problem is not None:
+                raise self.fail(f"{where}.outputs[{i}]", problem)
+        inputs = self.string_list(f"{where}.inputs", raw.get("inputs", []))
+        for i, declared in enumerate(inputs):
+            real = self.inside_root(f"{where}.inputs[{i}]", declared)
+            if not os.path.exists(real):
+                raise self.fail(f"{where}.inputs[{i}]", f"{declared!r} does not exist under "
+                                f"{self.root}; inputs are files or folders whose content is "
+                                "part of the case's fingerprint")
         experiment = raw.get("experiment")
         if experiment is not None:
             self.typed(f"{where}.experiment", experiment, str, "an experiment name")
         version = raw.get("version")
         if version is not None:
             self.typed(f"{where}.version", version, str, "a version string")
+            if "+" in version:
+                raise self.fail(
+                    f"{where}.version", f"{version!r} has build metadata ('+...'); nbgate "
+                    "writes that part itself (commit and pipeline), declare only '1.2.0'"
+                )
+            problem = version_problem(version)
+            if problem is not None:
+                raise self.fail(f"{where}.version", problem)
             if not _SEMVER.match(version):
                 raise self.fail(
                     f"{where}.version", f"{version!r} is not a semantic version like '1.2.0'"
@@ -390,9 +420,27 @@ class _Parser:
             thresholds=tuple(thresholds),
             timeout=timeout,
             outputs=outputs,
+            inputs=inputs,
             experiment=experiment,
             version=version,
         )
+
+    def distinct_packages(self, pipelines: list[Pipeline]) -> None:
+        """Two pipelines must not publish into one package (nor one into the other's candidate
+        package): the newest release would then be the other notebook's model."""
+        owners: dict[str, tuple[int, str]] = {}
+        for i, p in enumerate(pipelines):
+            release = package_name(p.notebook)
+            for name in (release, release + CANDIDATE_SUFFIX):
+                owner = owners.get(name)
+                if owner is not None and owner[1] != p.notebook:
+                    raise self.fail(
+                        _pipeline_where(i, p.notebook),
+                        f"publishes to package {name!r}, as {owner[1]} "
+                        f"([[tool.nbgate.pipelines]] #{owner[0] + 1}) does; package names come "
+                        "from the notebook's path, so rename or move one notebook",
+                    )
+                owners.setdefault(name, (i, p.notebook))
 
     def inside_root(self, where: str, value: str) -> str:
         """The real path of ``value``, which must stay inside the root (symlinks followed).

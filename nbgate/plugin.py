@@ -73,6 +73,7 @@ class NbgateState:
             require_baseline=self.require_baseline,
             timeout=pipeline.timeout,
             outputs=pipeline.outputs,
+            inputs=pipeline.inputs,
             experiment=pipeline.experiment,
             version=pipeline.version,
         )

@@ -680,12 +680,18 @@ class Tracker:
     @staticmethod
     def finish_tags(result: CaseResult) -> dict[str, str]:
         failure = result.failure
-        return {
+        tags = {
             "nbgate.outcome": result.outcome,
             "nbgate.duration_s": f"{result.duration_s:g}",
             "nbgate.failure_kind": failure.kind if failure else "",
             "nbgate.failure": failure.message if failure else "",
         }
+        if result.fingerprint is not None:
+            # The compared digest and its parts, so two runs show what changed between them.
+            tags["nbgate.fingerprint"] = result.fingerprint.sha256
+            tags.update({f"nbgate.fingerprint.{name}": value or "absent"
+                         for name, value in result.fingerprint.parts.items()})
+        return tags
 
     def commit(self, ci: CIContext) -> str | None:
         if ci.commit_sha:

@@ -7,7 +7,8 @@ Schema of the document; readers validate against it, so a bad file is refused na
 
 Schema history: 1 keyed cases by ``case_id`` and kept each threshold as rule text; 2 names the
 key ``id`` (as the product contract does) and keeps each rule as data (operator, amount,
-baseline form). Version 1 files are still read.
+baseline form); 3 adds each case's ``fingerprint`` (what determined its model, with the parts).
+Versions 1 and 2 are still read (a version 2 case has no fingerprint).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from nbgate.contract.ci_context import CIContext
 from nbgate.contract.model import (
     CaseResult,
     Failure,
+    Fingerprint,
     Rule,
     ThresholdCheck,
     Tracking,
 )
 from nbgate.contract.text import clean_text
 
-SCHEMA = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)
 SCHEMA_FILE = Path(__file__).with_name("metrics.schema.json")
 
 
@@ -74,6 +76,7 @@ def case_to_json(result: CaseResult) -> dict[str, Any]:
         "failure": failure,
         "skip_reason": clean_text(result.skip_reason) if result.skip_reason else None,
         "tracking": asdict(result.tracking) if result.tracking is not None else None,
+        "fingerprint": result.fingerprint.to_dict() if result.fingerprint else None,
     }
 
 
@@ -100,6 +103,7 @@ def case_from_json(data: Mapping[str, Any]) -> CaseResult:
     ]
     failure = data.get("failure")
     tracking = data.get("tracking")
+    fingerprint = data.get("fingerprint")
     return CaseResult(
         case_id=data["id"],
         notebook=data.get("notebook") or "",
@@ -116,6 +120,7 @@ def case_from_json(data: Mapping[str, Any]) -> CaseResult:
         failure=Failure(**_known(Failure, failure)) if failure else None,
         skip_reason=data.get("skip_reason"),
         tracking=Tracking(**_known(Tracking, tracking)) if tracking else None,
+        fingerprint=Fingerprint.from_dict(fingerprint) if fingerprint else None,
     )
 
 
@@ -266,7 +271,7 @@ def validate_document(data: Mapping[str, Any], source: str) -> None:
 @cache
 def _schema(version: int) -> dict[str, Any]:
     document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    if version == SCHEMA:
+    if version in (2, SCHEMA):  # 3 only added an optional field: one schema reads both
         return document
     # The previous version is kept inside the published file under $defs, so one file documents
     # what this nbgate reads.

@@ -184,6 +184,51 @@ class Tracking:
         return pairs
 
 
+# What a fingerprint's compared digest covers; "python" is recorded beside them, not compared
+# (a patch release of the interpreter must not block shipping a reviewed model).
+FINGERPRINT_COMPARED = ("code", "parameters", "lock", "inputs")
+FINGERPRINT_PARTS = (*FINGERPRINT_COMPARED, "python")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What determines a case's model, hashed (``nbgate.fingerprint`` computes it).
+
+    ``sha256`` is the digest promote compares: it covers the parts in ``FINGERPRINT_COMPARED``
+    (each a sha256; ``lock`` is None when there is no ``requirements.txt``). ``parts`` also
+    keeps ``python``, the interpreter's version, so a reader sees what changed between two runs.
+    """
+
+    sha256: str
+    parts: dict[str, str | None]
+
+    @staticmethod
+    def digest(parts: dict[str, str | None]) -> str:
+        import hashlib
+
+        text = "".join(f"{name}:{parts.get(name) or 'absent'}\n" for name in FINGERPRINT_COMPARED)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+    @classmethod
+    def of(cls, parts: dict[str, str | None]) -> Fingerprint:
+        return cls(cls.digest(parts), dict(parts))
+
+    def changed(self, other: Fingerprint) -> list[str]:
+        """The compared parts that differ from ``other``'s, in order."""
+        return [p for p in FINGERPRINT_COMPARED if self.parts.get(p) != other.parts.get(p)]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"sha256": self.sha256, "parts": dict(self.parts)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Fingerprint:
+        parts = data.get("parts")
+        if not isinstance(parts, dict):
+            raise ValueError("fingerprint.parts: expected an object")
+        return cls(str(data["sha256"]), {str(k): None if v is None else str(v)
+                                         for k, v in parts.items()})
+
+
 @dataclass
 class CaseResult:
     case_id: str  # "notebooks/training_example.ipynb::train[cpu]"
@@ -201,6 +246,7 @@ class CaseResult:
     failure: Failure | None = None
     skip_reason: str | None = None
     tracking: Tracking | None = None
+    fingerprint: Fingerprint | None = None  # None: the notebook could not be read
 
     @property
     def passed(self) -> bool:

@@ -23,7 +23,7 @@ from nbgate.contract.codec import (
     metrics_document,
     read_metrics,
 )
-from nbgate.contract.model import CaseResult, Failure, Rule, Tracking
+from nbgate.contract.model import CaseResult, Failure, Fingerprint, Rule, Tracking
 from tests.support.builders import check
 
 DATA = Path(__file__).parents[1] / "support" / "data"
@@ -42,6 +42,8 @@ def full_case() -> CaseResult:
         ["models/m.json"],
         Failure("thresholds", "\x1b[31mred\x1b[0m failure", 3, "x = 1", "E: e", "tb"),
         None, Tracking("r1", "http://m/#/r1", "3", "http://m"),
+        Fingerprint.of({"code": "1" * 64, "parameters": "2" * 64, "lock": None,
+                        "inputs": "3" * 64, "python": "3.11.7"}),
     )
 
 
@@ -56,6 +58,8 @@ def test_a_case_round_trips_through_json_with_rules_as_data() -> None:
     assert data["metrics"]["loss"] is None and data["parameters"]["weird"] is None
     assert data["failure"]["message"] == "red failure"  # ANSI codes never reach a file
     back = case_from_json(data)
+    assert data["fingerprint"]["parts"]["lock"] is None and data["fingerprint"]["sha256"]
+    assert back.fingerprint == full_case().fingerprint
     assert back.thresholds[1].rule == Rule(">=", 0.005, "-")
     assert back.thresholds[2].rule.higher_is_better is False
     assert math.isnan(back.metrics["loss"])
@@ -99,7 +103,7 @@ def test_a_schema_1_file_written_before_the_change_still_reads() -> None:
      r"cases\[0\]\.executed_notebook"),
     (lambda d: d["cases"][0]["metrics"].update(x="high"), r"cases\[0\]\.metrics\.x"),
     (lambda d: d.update(cases={}), r"cases: .* is not of type .array."),
-    (lambda d: d.update(schema=3), r"schema: 3 is not a metrics.json schema"),
+    (lambda d: d.update(schema=4), r"schema: 4 is not a metrics.json schema"),
 ])
 def test_a_bad_file_is_refused_naming_the_field(mutate, field: str) -> None:
     document = json.loads(dumps_metrics(metrics_document([full_case()], pipeline=CIContext())))

@@ -129,6 +129,14 @@ def test_no_table_means_no_config(tmp_path: Path) -> None:
         (('kind = "score"', 'kind = "predict"'), ["'predict' is not a kind", "train, score"]),
         (("gpu = true", 'gpu = "yes"'), ["[tool.nbgate.runners.gpu].gpu", "true or false"]),
         (('version = "1.2.0"', 'version = "v1"'), ["'v1' is not a semantic version"]),
+        # GitLab's package rules, checked before any notebook runs (notes: "Names").
+        (
+            ('outputs = ["models/m.json"]', 'outputs = ["models/model v2.pkl"]'),
+            ["#1 (notebooks/train.ipynb).outputs[0]", "'model v2.pkl' is not a file name GitLab"],
+        ),
+        (('version = "1.2.0"', 'version = "1.2.0+meta"'), ["version", "build metadata"]),
+        (('version = "1.2.0"', 'version = "1.2.0-rc..1"'), ["version", "without '..'"]),
+        (('version = "1.2.0"', 'version = "1.2.0-bêta"'), ["version", "ASCII"]),
         (
             ('outputs = ["models/m.json"]', 'outputs = ["../elsewhere.json"]'),
             ["outputs[0]", "must be a path inside"],
@@ -278,10 +286,22 @@ def test_file_names_come_from_the_whole_notebook_path(tmp_path: Path) -> None:
 
 
 def test_paths_that_flatten_alike_still_get_separate_file_names(tmp_path: Path) -> None:
-    table = write_notebooks(tmp_path, "a-b/c.ipynb", "a/b-c.ipynb", "X/y.ipynb", "x/Y.ipynb")
+    table = write_notebooks(tmp_path, "X/y.ipynb", "x/Y.ipynb")
     config = load_config(write_pyproject(tmp_path, table))
     assert config is not None
     slugs = [c.slug for c in config.cases()]
-    assert len({s.lower() for s in slugs}) == 4  # unique even on a case-insensitive disk
-    assert slugs[0].startswith("a-b-c-") and slugs[1].startswith("a-b-c-")
+    assert len({s.lower() for s in slugs}) == 2  # unique even on a case-insensitive disk
+    assert slugs[0].lower().startswith("x-y-") and slugs[1].lower().startswith("x-y-")
     assert all(s.endswith("-train-cpu") for s in slugs)
+
+
+def test_two_pipelines_that_would_share_a_package_are_refused(tmp_path: Path) -> None:
+    """Package names come from the notebook's path (``a-b/c.ipynb`` -> ``a-b-c``): two paths
+    that flatten alike would publish into one package, so the config names both."""
+    table = write_notebooks(tmp_path, "a-b/c.ipynb", "a/b-c.ipynb")
+    with pytest.raises(ConfigError, match=r"#2 \(a/b-c.ipynb\): publishes to package 'a-b-c', "
+                                          r"as a-b/c.ipynb \(\[\[tool.nbgate.pipelines\]\] #1\)"):
+        load_config(write_pyproject(tmp_path, table))
+    table = write_notebooks(tmp_path, "m.ipynb", "m-candidate.ipynb")
+    with pytest.raises(ConfigError, match=r"publishes to package 'm-candidate', as m\.ipynb"):
+        load_config(write_pyproject(tmp_path, table))

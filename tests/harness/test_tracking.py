@@ -277,6 +277,10 @@ def test_local_store_gets_a_run_per_case(local_session: tuple[Path, str, dict]) 
     }.items() <= tags.items()
     assert not any(k.startswith(("ci.", "gitlab.")) for k in tags)  # not in CI
     # Injected parameters only (not the notebook's own defaults), plus the notebook's own call.
+    fingerprint = good["fingerprint"]  # the case's fingerprint and its parts, as tags
+    assert tags["nbgate.fingerprint"] == fingerprint["sha256"]
+    assert {f"nbgate.fingerprint.{k}": v or "absent"
+            for k, v in fingerprint["parts"].items()}.items() <= tags.items()
     assert params == {"x": "5", "inside": "5"}
     assert metrics == {"auc": 0.9, "loss": 0.25, "inside_metric": 1.5}
     assert artifact_names(client, run.info.run_id) == {
