@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-artifact", parents=[common], help="download a pipeline's newest published model",
         description="Download the files a pipeline published with `nbgate publish artifacts`.")
     fetch.add_argument("--pipeline", required=True, metavar="NAME",
-                       help="pipeline name (notebook stem, e.g. training_example) or notebook path")
+                       help="notebook path, package name, or a unique notebook stem "
+                       "(e.g. training_example)")
     fetch.add_argument("--dest", required=True, type=Path, metavar="PATH",
                        help="file to write (one file), or folder to write into")
     fetch.add_argument("--version", dest="package_version", metavar="V",
@@ -83,11 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "repeatable")
     fetch.set_defaults(handler=_fetch)
 
+    verify = commands.add_parser(
+        "verify", parents=[common],
+        help="print where production came from and check its files against the manifest",
+        description="Print the newest release of each pipeline with outputs (or --pipeline): "
+        "version, commit, merge request, pipeline, job, image, the candidate it came from, "
+        "each case's fingerprint with its parts, and every file with its sha256, downloaded "
+        "and checked. Exit 1 when a file does not match.")
+    verify.add_argument("--pipeline", metavar="NAME",
+                        help="notebook path, package name, or a unique notebook stem "
+                        "(default: every pipeline with outputs)")
+    verify.add_argument("--version", dest="package_version", metavar="V",
+                        help="this release or candidate version instead of the newest release")
+    verify.set_defaults(handler=_verify)
+
     promote = commands.add_parser(
         "promote", parents=[common],
-        help="release the merged merge request's passing candidates (default-branch pushes)",
-        description="Find the merge request the pushed commit merged and release its newest "
-        "passing candidate of each pipeline, unchanged. Nothing to promote: one line, exit 0.")
+        help="release the merged merge request's reviewed candidate (default-branch pushes)",
+        description="Find the merge request the pushed commit merged, its candidates (by the "
+        "commits in their manifests), and release the newest passing one whose fingerprints "
+        "equal this checkout's, unchanged. Nothing to promote: one line, exit 0.")
     promote.add_argument("--dry-run", action="store_true",
                          help="say what would be released instead of releasing it")
     promote.set_defaults(handler=_promote)
@@ -222,9 +238,24 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from nbgate.fingerprint import checkout_fingerprints
         from reporting.promote import promote
 
-        promote(env, declared=_declared(config), dry_run=args.dry_run, echo=echo)
+        # The merged code's fingerprints, computed here (the harness) and compared there.
+        fingerprints = (checkout_fingerprints(config, in_ci=bool(env.get("CI")))
+                        if config is not None else {})
+        promote(env, declared=_declared(config), fingerprints=fingerprints,
+                dry_run=args.dry_run, echo=echo)
+
+    return _run(args, env, body)
+
+
+def _verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.verify import verify
+
+        verify(args.pipeline, env, declared=_declared(config), version=args.package_version,
+               echo=echo)
 
     return _run(args, env, body)
 

@@ -30,3 +30,15 @@ class PublishError(Exception):
         if detail:
             head += f" ({detail})"
         super().__init__(f"{head}: {hint}")
+
+
+class VerificationError(PublishError):
+    """A published file does not match its manifest (exit 1): GitLab answered, the bytes are
+    wrong. The message names the package, version and file."""
+
+    def __init__(self, endpoint: str, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status = None
+        self.endpoint = endpoint
+        self.hint = message
+        self.detail = "checksum mismatch"

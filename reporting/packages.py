@@ -1,48 +1,42 @@
 """A model's packages in GitLab's generic package registry: candidates and releases.
 
-- A **release** is what production scores: package ``<pipeline>`` (the notebook's stem), version
-  ``<semver>+<sha8>.<pipeline id>`` (``1.0.0+89abcdef.990``; without a declared ``version`` just
-  ``<sha8>.<pipeline id>``). It is uploaded from the default branch, or by ``nbgate promote``.
-- A **candidate** is what a merge request trained: package ``<pipeline>-candidate``, version
-  ``<semver>-mr<iid>.<branch>+<sha8>.<pipeline id>`` (``1.0.0-mr7.feature-x+01234567.1002``), so
-  its version says which branch and merge request it came from. Scoring never picks one up by
-  itself: only ``fetch-artifact --version`` naming it does.
+- A **release** is what production scores: package ``<notebook path>`` (``notebooks/train.ipynb``
+  -> ``notebooks-train``, ``nbgate.contract.names``), version ``<semver>+<sha8>.<pipeline id>``
+  (``1.0.0+89abcdef.990``; without a declared ``version`` just ``<sha8>.<pipeline id>``). It is
+  uploaded from the default branch, or by ``nbgate promote``.
+- A **candidate** is what a merge request trained: package ``<release package>-candidate``,
+  version ``<semver>-mr<iid>.<branch>+<sha8>.<pipeline id>``. The version text is for people;
+  which MR a candidate belongs to is decided by its manifest's commit (``reporting.promote``).
 
-Each package version holds the pipeline's declared outputs, ``metrics.json`` (the metrics of
-that pipeline's cases, with the package named in it) and the ``requirements.txt`` lock. GitLab
-cannot rename or move a version's files, so promotion uploads the candidate's files again, byte
-for byte, as a release whose version carries the candidate's build (``+<sha8>.<pipeline>``): the
-version says which candidate it was, and a second promotion finds it already there.
+Each version holds the pipeline's declared outputs, ``metrics.json``, the ``requirements.txt``
+lock, and last ``nbgate-manifest.json`` (``reporting.manifest``). Every file but the manifest is
+uploaded with ``status=hidden`` and the manifest with ``status=default``: GitLab creates the
+package on the first file and sets its status from each upload that gives one
+(``app/services/packages/generic/create_package_file_service.rb``), and the list shows only
+displayable statuses (``DISPLAYABLE_STATUSES`` in ``app/models/packages/package.rb``), while
+hidden files still download (``INSTALLABLE_STATUSES``). So a version appears whole, or not at
+all; a version without a valid manifest (older nbgate, or made by hand) is skipped by readers.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import PurePosixPath
 
 from nbgate.contract.ci_context import CIContext
-from reporting.errors import PublishError, PublishUsageError
+from nbgate.contract.names import candidate_package, package_name, version_problem
+from reporting.errors import PublishError, PublishUsageError, VerificationError
 from reporting.gitlab_client import GitLabSession
+from reporting.manifest import MANIFEST_FILE, Manifest, ManifestError
 
-CANDIDATE_SUFFIX = "-candidate"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = "requirements.txt"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+RESERVED_FILES = (METRICS_FILE, LOCK_FILE, MANIFEST_FILE)
 _BRANCH_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
-_VERSION = re.compile(r"^[\w+.-]+$")
-_MR = re.compile(r"-mr(\d+)\.")
 
-
-def package_name(name: str) -> str:
-    """A pipeline name (or notebook path) as a generic package name."""
-    stem = PurePosixPath(name.replace("\\", "/")).name.removesuffix(".ipynb")
-    return _UNSAFE.sub("_", stem).strip("._") or "model"
-
-
-def candidate_package(name: str) -> str:
-    return package_name(name) + CANDIDATE_SUFFIX
+__all__ = ["candidate_package", "package_name"]
 
 
 def build_of(ctx: CIContext) -> str | None:
@@ -64,30 +58,10 @@ def candidate_version(build: str, semver: str | None, mr_iid: str | None, branch
     return f"{semver or '0.0.0'}-{where}+{build}"
 
 
-def build_part(version: str) -> str:
-    """The ``<sha8>.<pipeline>`` a version was built from (what a release and its candidate
-    share)."""
-    return version.rsplit("+", 1)[-1]
-
-
-def semver_part(version: str) -> str | None:
-    """The declared semantic version of a candidate or release version, if it has one."""
-    if "+" not in version:
-        return None
-    head = version.rsplit("+", 1)[0]
-    return head.split("-mr", 1)[0] if _MR.search(head + ".") else head
-
-
-def mr_of(version: str) -> str | None:
-    """The merge request a candidate version names."""
-    match = _MR.search(version.split("+", 1)[0] + ".")
-    return match.group(1) if match else None
-
-
 def check_version(version: str) -> str:
-    if not _VERSION.match(version) or ".." in version:
-        raise PublishUsageError(f"version {version!r} is not valid for a generic package: "
-                                "use letters, digits, '.', '_', '+' and '-'")
+    problem = version_problem(version)
+    if problem is not None:
+        raise PublishUsageError(problem)
     return version
 
 
@@ -98,6 +72,22 @@ class PackageVersion:
     package_id: int
 
 
+@dataclass(frozen=True)
+class Complete:
+    """A version whose manifest was read and is valid."""
+
+    package: PackageVersion
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def version(self) -> str:
+        return self.package.version
+
+
 class Registry:
     """The project's generic packages, through one GitLab session."""
 
@@ -105,8 +95,8 @@ class Registry:
         self.session = session
 
     def versions(self, name: str) -> list[PackageVersion]:
-        """Every version of package ``name``, newest first (GitLab filters names loosely, so
-        they are compared exactly here)."""
+        """Every visible version of package ``name``, newest first (GitLab filters names
+        loosely, so they are compared exactly here)."""
         path = f"/packages?package_type=generic&package_name={name}&order_by=created_at&sort=desc"
 
         def listing() -> list[PackageVersion]:
@@ -117,20 +107,6 @@ class Registry:
                 if package.name == name:
                     found.append(PackageVersion(name, str(package.version), int(package.id)))
             return found
-
-        return self.session.call(self.session.endpoint("GET", path), listing)
-
-    def files(self, package: PackageVersion) -> list[str]:
-        """The file names in one package version (each once, in upload order)."""
-        path = f"/packages/{package.package_id}/package_files"
-
-        def listing() -> list[str]:
-            names: list[str] = []
-            pkg = self.session.project.packages.get(package.package_id, lazy=True)
-            for item in pkg.package_files.list(per_page=100, iterator=True):
-                if item.file_name not in names:
-                    names.append(str(item.file_name))
-            return names
 
         return self.session.call(self.session.endpoint("GET", path), listing)
 
@@ -147,10 +123,10 @@ class Registry:
         data = self.session.project.generic_packages.download(name, version, file_name)
         return data if isinstance(data, bytes) else bytes(data or b"")
 
-    def upload(self, name: str, version: str, file_name: str, data: bytes) -> None:
-        where = f"/packages/generic/{name}/{version}/{file_name}"
+    def upload(self, name: str, version: str, file_name: str, data: bytes, status: str) -> None:
+        where = f"/packages/generic/{name}/{version}/{file_name}?status={status}"
         send = partial(self.session.project.generic_packages.upload, name, version, file_name,
-                       data=data)
+                       data=data, status=status)
         self.session.call(self.session.endpoint("PUT", where), send, self.hints())
 
     def hints(self) -> dict[int, str]:
@@ -161,15 +137,81 @@ class Registry:
                  "rejects); publish from a new pipeline or pass another --version",
         }
 
-    def newest_release(self, name: str) -> PackageVersion | None:
-        versions = self.versions(package_name(name))
-        return versions[0] if versions else None
+    # -- complete versions ---------------------------------------------------------------
+
+    def manifest(self, package: PackageVersion) -> Manifest | None:
+        """The version's manifest; None when it has none or an invalid one (not complete)."""
+        try:
+            data = self.download(package.name, package.version, MANIFEST_FILE)
+        except PublishError as exc:
+            if exc.status == 404 and "project" not in exc.detail.lower():
+                return None
+            raise
+        try:
+            manifest = Manifest.loads(data, f"{package.name} {package.version}")
+        except ManifestError:
+            return None
+        if (manifest.package, manifest.version) != (package.name, package.version):
+            return None  # a manifest copied from another version describes other files
+        return manifest
+
+    def complete(self, name: str) -> Iterator[Complete]:
+        """The complete versions of package ``name``, newest first."""
+        for package in self.versions(name):
+            manifest = self.manifest(package)
+            if manifest is not None:
+                yield Complete(package, manifest)
+
+    def newest_release(self, notebook: str) -> Complete | None:
+        """Production: the newest complete release of a notebook's package."""
+        return next(self.complete(package_name(notebook)), None)
+
+    def find(self, name: str, version: str) -> Complete | None:
+        return next((c for c in self.complete(name) if c.version == version), None)
+
+    # -- writing and reading whole versions ----------------------------------------------
+
+    def publish(self, files: Mapping[str, bytes], manifest: Manifest) -> None:
+        """Upload ``files`` hidden, then the manifest, which makes the version visible. A
+        rerun after a failure midway uploads them again into the same version: GitLab serves
+        the newest file of a name, and the manifest still comes last."""
+        for file_name, data in files.items():
+            self.upload(manifest.package, manifest.version, file_name, data, "hidden")
+        self.upload(manifest.package, manifest.version, MANIFEST_FILE, manifest.dumps(),
+                    "default")
+
+    def fetch(self, complete: Complete, names: list[str] | None = None) -> dict[str, bytes]:
+        """The named files (default: all) of a complete version, each checked against the
+        manifest. A file that does not match is an error naming it, never a skip."""
+        manifest = complete.manifest
+        wanted = names if names is not None else [f.name for f in manifest.files]
+        found: dict[str, bytes] = {}
+        for file_name in wanted:
+            entry = manifest.file(file_name)
+            if entry is None:
+                raise PublishUsageError(
+                    f"{complete.name} {complete.version} has no file {file_name!r}; its "
+                    f"manifest lists {', '.join(f.name for f in manifest.files) or 'none'}")
+            data = self.download(complete.name, complete.version, file_name)
+            problem = entry.problem(data)
+            if problem is not None:
+                raise tampered(self.session, complete, problem)
+            found[file_name] = data
+        return found
 
 
-def no_release(name: str, endpoint: str) -> PublishError:
+def tampered(session: GitLabSession, complete: Complete, problem: str) -> VerificationError:
+    name, version = complete.name, complete.version
+    return VerificationError(
+        session.endpoint("GET", f"/packages/generic/{name}/{version}/"),
+        f"{name} {version}: {problem}; refused: the file is not the one published with this "
+        "version (changed or cut short since), so nothing was written")
+
+
+def no_release(notebook: str, endpoint: str) -> PublishError:
     return PublishError(
         None, endpoint,
-        f"there is no release of {package_name(name)!r} yet: a release is published by "
+        f"there is no release of {package_name(notebook)!r} yet: a release is published by "
         "`nbgate publish artifacts` from the default branch (a scheduled or `train <notebook>` "
         "pipeline on it), or by `nbgate promote` when a merge request with a passing candidate "
         "is merged", "no release")

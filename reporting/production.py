@@ -1,5 +1,6 @@
-"""The production baseline from GitLab: the metrics published with the newest release of each
-notebook (``metrics.json`` inside its package, see ``reporting.packages``).
+"""The production baseline from GitLab: the metrics published with the newest complete release
+of each notebook (``metrics.json`` inside its package, checked against the version's manifest;
+see ``reporting.packages``).
 
 ``nbgate fetch-baseline`` writes them into the reports folder before pytest runs, so ``baseline``
 rules are checked inside pytest; ``nbgate publish mr`` reads them to show the deltas. No release
@@ -17,15 +18,16 @@ from nbgate.contract.baselines import BaselineRun, release_file_name
 from nbgate.contract.codec import ResultsFileError, read_metrics
 from nbgate.contract.files import display_path, write_bytes_atomic
 from reporting.baseline import Baseline, BaselineLookup
-from reporting.errors import PublishSkipped
+from reporting.errors import PublishSkipped, VerificationError
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect
-from reporting.packages import METRICS_FILE, PackageVersion, Registry, package_name
+from reporting.packages import METRICS_FILE, Complete, Registry, package_name
 
 
 def release_metrics(session: GitLabSession, notebooks: Iterable[str]) \
-        -> tuple[list[tuple[PackageVersion, bytes, BaselineRun]], list[str]]:
-    """For each notebook, its newest release and the metrics published with it; and one line
-    per notebook that has none (why)."""
+        -> tuple[list[tuple[Complete, bytes, BaselineRun]], list[str]]:
+    """For each notebook, its newest complete release and the metrics published with it; and
+    one line per notebook that has none (why). A metrics file that does not match the
+    release's manifest raises VerificationError."""
     registry = Registry(session)
     found, reasons = [], []
     for name in dict.fromkeys(package_name(n) for n in notebooks):
@@ -34,7 +36,7 @@ def release_metrics(session: GitLabSession, notebooks: Iterable[str]) \
             if release is None:
                 reasons.append(f"{name} has no release yet")
                 continue
-            data = registry.download(release.name, release.version, METRICS_FILE)
+            data = registry.fetch(release, [METRICS_FILE])[METRICS_FILE]
         except GitlabError as exc:
             if exc.response_code == 401:
                 raise
@@ -53,6 +55,8 @@ def release_metrics(session: GitLabSession, notebooks: Iterable[str]) \
 def production_baseline(session: GitLabSession, notebooks: Iterable[str]) -> BaselineLookup:
     try:
         found, reasons = release_metrics(session, notebooks)
+    except VerificationError as exc:
+        return BaselineLookup(None, str(exc))
     except REQUEST_ERRORS as exc:
         return BaselineLookup(None, str(session.unreachable(exc, session.endpoint(
             "GET", "/packages"))))

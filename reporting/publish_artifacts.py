@@ -1,48 +1,48 @@
 """``nbgate publish artifacts`` and ``nbgate fetch-artifact``: a pipeline's model files in GitLab's
 generic package registry, as a candidate (from a merge request's branch) or a release (from the
-default branch). Naming and versions: ``reporting.packages``.
+default branch). Naming, versions and atomic uploads: ``reporting.packages``; the manifest that
+closes every version: ``reporting.manifest``.
 
-- A package version holds the declared ``outputs``, ``metrics.json`` (that pipeline's cases) and
-  the ``requirements.txt`` lock: what the model needs to be reviewed, scored and rebuilt.
+- A package version holds the declared ``outputs``, ``metrics.json`` (that pipeline's cases),
+  the ``requirements.txt`` lock and ``nbgate-manifest.json``.
 - Only a pipeline whose cases all passed (skips aside) is published: a failed gate publishes no
   model. A declared output that is missing after a passing run is an error (exit 2).
-- Fetching takes the newest release; a candidate only when ``--version`` names it.
+- Fetching takes the newest complete release; a candidate only when ``--version`` names it.
+  Every fetched file is checked against the manifest; a mismatch writes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import dumps_metrics, metrics_document
 from nbgate.contract.files import display_path, write_bytes_atomic
 from nbgate.contract.model import CaseResult
+from nbgate.contract.names import CANDIDATE_SUFFIX, candidate_package, package_name
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
+from reporting.manifest import build_manifest
+from reporting.merge_requests import candidates_of, merge_request_of, merged_request, mr_commits
 from reporting.packages import (
-    CANDIDATE_SUFFIX,
     LOCK_FILE,
     METRICS_FILE,
+    RESERVED_FILES,
+    Complete,
     Registry,
     build_of,
-    candidate_package,
     candidate_version,
     check_version,
-    mr_of,
     no_release,
-    package_name,
     release_version,
 )
 from reporting.reports_folder import RunReports, load_reports
 
 Echo = Callable[[str], None]
-_OPEN_MR = re.compile(r"!(\d+)")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class Declared:
     outputs: tuple[str, ...] = ()
     version: str | None = None
 
+    @property
+    def package(self) -> str:
+        return package_name(self.notebook)
+
 
 @dataclass
 class Upload:
@@ -62,10 +66,30 @@ class Upload:
     files: dict[str, bytes] = field(default_factory=dict)  # file name -> content
     shown: dict[str, str] = field(default_factory=dict)  # file name -> where it came from
     release: bool = False
+    cases: list[CaseResult] = field(default_factory=list)
+    made_by: CIContext = field(default_factory=CIContext)  # the job that ran the cases
+    mr_iid: str | None = None
 
 
 def is_default_branch(ctx: CIContext) -> bool:
     return bool(ctx.ref and ctx.default_branch and ctx.ref == ctx.default_branch)
+
+
+def resolve_pipeline(name: str, declared: Sequence[Declared]) -> tuple[str, Declared | None]:
+    """The release package ``--pipeline`` names, and its declared pipeline: a notebook path,
+    a package name or a unique notebook stem. Without a match, a path gives its package and
+    anything else is taken as the package name itself."""
+    stem = PurePosixPath(name).name.removesuffix(".ipynb")
+    exact = [p for p in declared if name in (p.notebook, p.package)]
+    by_stem = [p for p in declared if PurePosixPath(p.notebook).stem == stem]
+    matches = list({p.notebook: p for p in (exact or by_stem)}.values())
+    if len(matches) > 1:
+        raise PublishUsageError(
+            f"--pipeline {name!r} names {len(matches)} pipelines: "
+            f"{', '.join(p.notebook for p in matches)}; give the notebook path")
+    if matches:
+        return matches[0].package, matches[0]
+    return (package_name(name) if name.endswith(".ipynb") else name), None
 
 
 def plan_uploads(
@@ -106,20 +130,21 @@ def plan_uploads(
         if not any(r.outcome == "passed" for r in results):
             held.append(f"not publishing {name}: every case was skipped")
             continue
-        upload = Upload(name if release else candidate_package(notebook), "", release=release)
+        ctx = _run_ctx(found, env_ctx)
+        upload = Upload(name if release else candidate_package(notebook), "", release=release,
+                        cases=results, made_by=ctx)
         for output in outputs:
             path = root / output
             if not path.is_file():
                 raise PublishUsageError(
                     f"{notebook} declares output {output!r}, but {path} does not exist: the "
                     "training job must write it and keep it as an artifact")
-            if path.name in upload.files or path.name in (METRICS_FILE, LOCK_FILE):
+            if path.name in upload.files or path.name in RESERVED_FILES:
                 raise PublishUsageError(f"{notebook}: outputs {outputs} share a file name (or "
-                                        f"use {METRICS_FILE}/{LOCK_FILE}); a package holds "
-                                        "files by name")
+                                        f"use one of {', '.join(RESERVED_FILES)}); a package "
+                                        "holds files by name")
             upload.files[path.name] = path.read_bytes()
             upload.shown[path.name] = display_path(path, root)
-        ctx = _run_ctx(found, env_ctx)
         upload.files[METRICS_FILE] = dumps_metrics(metrics_document(
             results, pipeline=ctx)).encode("utf-8")
         upload.shown[METRICS_FILE] = f"the metrics of {len(results)} case(s)"
@@ -129,6 +154,8 @@ def plan_uploads(
             upload.shown[LOCK_FILE] = display_path(lock, root)
         semver = pipeline.version if pipeline else None
         build = build_of(env_ctx) or build_of(ctx)
+        if not release:
+            upload.mr_iid = mr_iid()
         if version:
             upload.version = check_version(version)
         elif build is None:
@@ -136,8 +163,8 @@ def plan_uploads(
         elif release:
             upload.version = release_version(build, semver)
         else:
-            iid = mr_iid()
-            upload.version = candidate_version(build, semver, iid, env_ctx.ref or ctx.ref)
+            upload.version = candidate_version(build, semver, upload.mr_iid,
+                                               env_ctx.ref or ctx.ref)
         uploads.append(upload)
     if not uploads:
         raise PublishSkipped("; ".join(held) or "no pipeline in the reports declares outputs "
@@ -155,54 +182,22 @@ def _run_ctx(found: Sequence[tuple[RunReports, CaseResult]], env: CIContext) -> 
         **run.to_dict(),
         **{k: v for k, v in env.to_dict().items()
            if k in ("commit_sha", "commit_short_sha", "pipeline_id", "pipeline_url",
-                    "default_branch", "ref") and run.to_dict().get(k) is None},
+                    "default_branch", "ref", "job_id", "job_url")
+           and run.to_dict().get(k) is None},
     })
-
-
-def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | None:
-    """The merge request a branch pipeline trains for: from the MR pipeline's variables, the
-    branch pipeline's list of open MRs, or GitLab's MRs of the commit."""
-    if ctx.merge_request_iid:
-        return ctx.merge_request_iid
-    if ctx.open_merge_requests:
-        match = _OPEN_MR.search(ctx.open_merge_requests)
-        if match:
-            return match.group(1)
-    if session is None or not ctx.commit_sha:
-        return None
-    endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")
-    commit = session.project.commits.get(ctx.commit_sha, lazy=True)
-    try:
-        mrs = session.call(endpoint, lambda: commit.merge_requests(state="opened", get_all=True))
-    except PublishError as exc:
-        # 404: a commit GitLab does not know has no merge request; 403: a job token may not
-        # list them (the candidate's version then names the branch only).
-        if exc.status in (403, 404):
-            return None
-        raise
-    iids = [int(mr["iid"]) for mr in mrs if isinstance(mr, dict) and "iid" in mr]
-    return str(max(iids)) if iids else None
-
-
-def merged_request(session: GitLabSession, sha: str) -> dict[str, Any] | None:
-    """The merge request that commit ``sha`` merged (merge commit, squash commit, or the MR's
-    head for a fast-forward merge), or None."""
-    endpoint = session.endpoint("GET", f"/repository/commits/{sha}/merge_requests")
-    found = session.call(endpoint, lambda: list(
-        session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
-    merged = [mr for mr in found if mr.get("state") == "merged"]
-    for mr in merged:
-        if sha in (mr.get("merge_commit_sha"), mr.get("squash_commit_sha"), mr.get("sha")):
-            return mr
-    return merged[0] if merged else None
 
 
 def reviewed_elsewhere(session: GitLabSession | None, ctx: CIContext,
                        uploads: Sequence[Upload]) -> dict[str, str]:
     """Releases a default-branch push must not make itself: when the pushed commit merged an MR
     that has candidates of the pipeline, ``promote-model`` ships that reviewed candidate (a
-    squash or fast-forward merge keeps a ``train ...`` title, which retrains here too)."""
+    squash or fast-forward merge keeps a ``train ...`` title, which retrains here too).
+
+    Push pipelines only: a retraining schedule (or a manual run) on a merge commit is not the
+    merge, and releases what it trained."""
     if session is None or not ctx.commit_sha or not any(u.release for u in uploads):
+        return {}
+    if ctx.pipeline_source not in (None, "push"):
         return {}
     try:
         mr = merged_request(session, ctx.commit_sha)
@@ -216,8 +211,9 @@ def reviewed_elsewhere(session: GitLabSession | None, ctx: CIContext,
         return {}
     registry = Registry(session)
     iid = str(mr["iid"])
-    return {u.package: iid for u in uploads if u.release and any(
-        mr_of(v.version) == iid for v in registry.versions(u.package + CANDIDATE_SUFFIX))}
+    commits = mr_commits(session, iid)
+    return {u.package: iid for u in uploads if u.release
+            and candidates_of(registry, u.package + CANDIDATE_SUFFIX, commits)}
 
 
 def publish_artifacts(
@@ -252,24 +248,16 @@ def publish_artifacts(
                              for n, d in upload.files.items()))
             continue
         check_version(upload.version)
-        registry = Registry(session)
-        for file_name, data in upload.files.items():
-            registry.upload(upload.package, upload.version, file_name, data)
-        echo(f"uploaded {what} {upload.package} {upload.version}: {', '.join(upload.files)}")
+        manifest = build_manifest(upload.package, upload.version, upload.files,
+                                  release=upload.release, made_by=upload.made_by,
+                                  image=env.get("CI_JOB_IMAGE") or None, mr_iid=upload.mr_iid,
+                                  cases=upload.cases)
+        Registry(session).publish(upload.files, manifest)
+        echo(f"uploaded {what} {upload.package} {upload.version}: "
+             f"{', '.join(upload.files)} and its manifest")
 
 
 # -- fetching --------------------------------------------------------------------------------
-
-
-def declared_files(declared: Sequence[Declared], name: str) -> list[str]:
-    """Basenames of the outputs the named pipeline declares (by stem or notebook path)."""
-    wanted = package_name(name)
-    names: list[str] = []
-    for pipeline in declared:
-        if package_name(pipeline.notebook) == wanted:
-            names += [PurePosixPath(o).name for o in pipeline.outputs if PurePosixPath(o).name
-                      not in names]
-    return names
 
 
 def fetch_artifact(
@@ -283,15 +271,18 @@ def fetch_artifact(
     echo: Echo = print,
 ) -> list[Path]:
     """Download the named pipeline's files of the newest release (or of ``version``, a release
-    or a candidate named explicitly) to ``dest``.
+    or a candidate named explicitly) to ``dest``, each checked against the version's manifest
+    first: on a mismatch nothing is written.
 
     ``dest`` is the file to write when there is one file and it is not a folder; otherwise the
     folder to write each file into. The files are those given, else the declared outputs, else
     a file named like ``dest``.
     """
+    package, pipeline = resolve_pipeline(name, declared)
     session = connect(env, f"fetching {name}", write=False)
     registry = Registry(session)
-    wanted = list(files) or declared_files(declared, name)
+    wanted = list(files) or ([PurePosixPath(o).name for o in pipeline.outputs]
+                             if pipeline else [])
     into_folder = dest.is_dir() or str(dest).endswith(("/", os.sep))
     if not wanted:
         if into_folder:
@@ -302,31 +293,32 @@ def fetch_artifact(
     if len(wanted) > 1 and dest.exists() and not dest.is_dir():
         raise PublishUsageError(
             f"{dest} is a file, but {name} has {len(wanted)} files; give a folder")
-    package, chosen = _choose(registry, name, version)
+    chosen = choose(registry, package, version)
+    verified = registry.fetch(chosen, wanted)  # all checked before anything is written
     written = []
-    for file_name in wanted:
+    for file_name, data in verified.items():
         target = dest / file_name if (into_folder or len(wanted) > 1) else dest
-        data = registry.download(package, chosen, file_name)
         write_bytes_atomic(target, data)  # never half a model where scoring would load it
-        echo(f"fetched {package} {chosen} {file_name} -> {display_path(target)} "
-             f"({len(data)} bytes)")
+        echo(f"fetched {chosen.name} {chosen.version} {file_name} -> {display_path(target)} "
+             f"({len(data)} bytes, sha256 {chosen.manifest.files_by_name[file_name][:12]}… "
+             "as in the manifest)")
         written.append(target)
     return written
 
 
-def _choose(registry: Registry, name: str, version: str | None) -> tuple[str, str]:
-    """(package, version): the newest release, or the release or candidate ``version`` names."""
-    release = package_name(name)
+def choose(registry: Registry, package: str, version: str | None) -> Complete:
+    """The newest complete release, or the complete release or candidate ``version`` names."""
     if version is None:
-        newest = registry.newest_release(name)
+        newest = next(registry.complete(package), None)
         if newest is None:
-            raise no_release(name, registry.session.endpoint(
-                "GET", f"/packages?package_type=generic&package_name={release}"))
-        return release, newest.version
+            raise no_release(package, registry.session.endpoint(
+                "GET", f"/packages?package_type=generic&package_name={package}"))
+        return newest
     check_version(version)
-    for package in (release, candidate_package(name)):
-        if any(v.version == version for v in registry.versions(package)):
-            return package, version
+    for name in (package, package + CANDIDATE_SUFFIX):
+        found = registry.find(name, version)
+        if found is not None:
+            return found
     raise PublishUsageError(
-        f"{name}: no release or candidate has version {version!r}; `nbgate fetch-artifact` "
-        "without --version takes the newest release")
+        f"{package}: no complete release or candidate has version {version!r}; "
+        "`nbgate fetch-artifact` without --version takes the newest release")

@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 
 from nbgate.cli import main
+from nbgate.config import load_config
 from nbgate.contract.codec import read_metrics
+from nbgate.contract.model import CaseResult, Fingerprint
+from nbgate.fingerprint import checkout_fingerprints
+from reporting.manifest import ManifestCase
 from tests.reporting.test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
+from tests.support.packages import seed_version
 
 MAIN_SHA = "aaaaaaaa" + "0" * 32  # the default branch when R1 was trained
 BRANCH_SHA = "bbbbbbbb" + "1" * 32  # the MR's head commit
@@ -26,11 +31,14 @@ MERGE_SHA = "cccccccc" + "2" * 32  # the merge commit on the default branch
 R1 = "1.0.0+aaaaaaaa.990"
 C1 = "1.0.0-mr7.feature+bbbbbbbb.1002"
 R2 = "1.0.0+bbbbbbbb.1002"  # C1, released
+PACKAGE = "notebooks-training_example"  # the release package of notebooks/training_example.ipynb
+CANDIDATES = PACKAGE + "-candidate"
+CASE = "notebooks/training_example.ipynb::train[cpu]"
+TRAINING = ["from nbgate import record\nrecord('roc_auc', 0.99)"]
 
 
 def project(root: Path) -> Path:
-    (root / "notebooks").mkdir(parents=True, exist_ok=True)
-    (root / "notebooks" / "training_example.ipynb").write_text("{}", encoding="utf-8")
+    write_notebook(root / "notebooks" / "training_example.ipynb", TRAINING)
     (root / "requirements.txt").write_text("xgboost==3.2.0\n", encoding="utf-8")
     (root / "pyproject.toml").write_text(textwrap.dedent("""
         [tool.nbgate]
@@ -44,11 +52,27 @@ def project(root: Path) -> Path:
     return root
 
 
+def fingerprint_here(root: Path, case_id: str = CASE) -> Fingerprint:
+    """The case's fingerprint in the project as it is now (what a CI job would compute)."""
+    config = load_config(root / "pyproject.toml")
+    assert config is not None
+    found = checkout_fingerprints(config, in_ci=True)[case_id]
+    assert isinstance(found, Fingerprint), found
+    return found
+
+
+def fingerprinted(root: Path, **case: object) -> CaseResult:
+    result = train_case(**case)  # type: ignore[arg-type]
+    result.fingerprint = fingerprint_here(root, result.case_id)
+    return result
+
+
 def train(root: Path, model: bytes, pipeline: str, sha: str, ref: str, **case: object) -> None:
-    """What a training job leaves behind: the model file and the reports."""
+    """What a training job leaves behind: the model file and the reports, the case
+    fingerprinted from the project as it is."""
     (root / "models").mkdir(exist_ok=True)
     (root / "models" / "xgb_model.json").write_bytes(model)
-    write_reports(root / "reports", [train_case(**case)],  # type: ignore[arg-type]
+    write_reports(root / "reports", [fingerprinted(root, **case)],
                   pipeline_ctx(pipeline, sha=sha, ref=ref))
 
 
@@ -86,14 +110,14 @@ def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
     # 1. Release R1 from the default branch.
     train(root, b"model R1", "990", MAIN_SHA, "main", roc_auc=0.9889, log_loss=0.1311)
     code, out = nbgate(root, main_env, "publish", "artifacts", capsys=capsys)
-    assert code == 0 and f"uploaded release training_example {R1}" in out, out
+    assert code == 0 and f"uploaded release {PACKAGE} {R1}" in out, out
 
     # 2. A branch with an open MR trains and publishes candidate C1.
     gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA)
     branch_env = job_env(gitlab_standin, "1002", BRANCH_SHA, "feature")
     train(root, b"model C1", "1002", BRANCH_SHA, "feature", roc_auc=0.9931, log_loss=0.1211)
     code, out = nbgate(root, branch_env, "publish", "artifacts", capsys=capsys)
-    assert code == 0 and f"uploaded candidate training_example-candidate {C1}" in out, out
+    assert code == 0 and f"uploaded candidate {CANDIDATES} {C1}" in out, out
 
     # 3. The MR comment compares C1 with R1, and names R1.
     code, out = nbgate(root, branch_env, "publish", "mr", capsys=capsys)
@@ -109,18 +133,18 @@ def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
     # 5. The merge commit runs `nbgate promote`: C1 becomes a release, byte for byte.
     gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA, state="merged",
                                      merge_commit_sha=MERGE_SHA)
-    merge_env = job_env(gitlab_standin, "1003", MERGE_SHA, "main")
+    merge_env = job_env(gitlab_standin, "1003", MERGE_SHA, "main", CI_PIPELINE_SOURCE="push")
     # A squash merge keeps the MR's `train ...` title, so the default branch retrains too: that
     # model is not released, the reviewed one is.
     train(root, b"model retrained", "1003", MERGE_SHA, "main", roc_auc=0.9935)
     code, out = nbgate(root, merge_env, "publish", "artifacts", capsys=capsys)
-    assert code == 0 and "not releasing training_example: this commit merged !7" in out, out
+    assert code == 0 and f"not releasing {PACKAGE}: this commit merged !7" in out, out
     code, out = nbgate(root, merge_env, "promote", capsys=capsys)
-    assert code == 0 and f"released training_example {R2} from candidate {C1} (!7)" in out, out
+    assert code == 0 and f"released {PACKAGE} {R2} from candidate {C1} (!7" in out, out
     assert fetch_model(root, gitlab_standin, capsys) == b"model C1"
     for name in ("xgb_model.json", "metrics.json", "requirements.txt"):
-        assert (gitlab_standin.package_file("training_example", R2, name)
-                == gitlab_standin.package_file("training_example-candidate", C1, name))
+        assert (gitlab_standin.package_file(PACKAGE, R2, name)
+                == gitlab_standin.package_file(CANDIDATES, C1, name))
 
     # 6. A second promote changes nothing, and says so in one line.
     before = len(gitlab_standin.packages())
@@ -128,18 +152,20 @@ def test_a_candidate_is_reviewed_against_production_then_shipped_unchanged(
     assert code == 0 and len(gitlab_standin.packages()) == before
     assert out.strip().splitlines()[-1].startswith("nbgate promote: nothing to promote"), out
 
-    # 7. A failing candidate is never promoted, even when its MR is merged.
-    bad = train_case(roc_auc=0.91, outcome="failed")
-    failing = write_reports(tmp_path / "bad", [bad], pipeline_ctx("1004", sha="d" * 40))
-    gitlab_standin.add_package_file("training_example-candidate", "1.0.0-mr8.bad+dddddddd.1004",
-                                    "xgb_model.json", b"model bad")
-    gitlab_standin.add_package_file("training_example-candidate", "1.0.0-mr8.bad+dddddddd.1004",
-                                    "metrics.json", (failing / "metrics.json").read_bytes())
-    gitlab_standin.add_merge_request(8, source_branch="bad", sha="d" * 40, state="merged",
-                                     merge_commit_sha="e" * 40)
+    # 7. A failing candidate is never promoted, even when its MR is merged: not one whose
+    # only case failed, nor one whose GPU case failed beside a passed CPU case.
+    fingerprint = fingerprint_here(root)
+    for sha, cases in (("d" * 40, [ManifestCase(CASE, "failed", fingerprint)]),
+                       ("f" * 40, [ManifestCase(CASE, "passed", fingerprint),
+                                   ManifestCase(CASE.replace("cpu", "gpu"), "failed",
+                                                fingerprint)])):
+        seed_version(gitlab_standin, CANDIDATES, f"1.0.0-mr8.bad+{sha[:8]}.1004",
+                     {"xgb_model.json": b"model bad"}, commit=sha, ref="bad", cases=cases)
+    gitlab_standin.add_merge_request(8, source_branch="bad", sha="f" * 40, commits=["d" * 40],
+                                     state="merged", merge_commit_sha="e" * 40)
     code, out = nbgate(root, job_env(gitlab_standin, "1005", "e" * 40, "main"), "promote",
                        capsys=capsys)
-    assert code == 0 and "no passing candidate of !8" in out, out
+    assert code == 0 and f"nothing to promote for {PACKAGE}: !8 has no passing candidate" in out
     assert fetch_model(root, gitlab_standin, capsys) == b"model C1"
 
 
@@ -155,7 +181,7 @@ def test_promote_tags_the_promoted_mlflow_run(
         capture_output=True, text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     run_id = created.stdout.strip().splitlines()[-1]
     gitlab_standin.add_merge_request(7, source_branch="feature", sha=BRANCH_SHA)
-    case = train_case()
+    case = fingerprinted(root)
     assert case.tracking is not None
     case.tracking.run_id = run_id
     (root / "models").mkdir()
@@ -185,7 +211,7 @@ def test_no_release_yet_says_how_to_make_one(
     code, out = nbgate(root, env, "fetch-artifact", "--pipeline", "training_example",
                        "--dest", str(root / "m.json"), capsys=capsys)
     assert code == 1
-    assert "no release of 'training_example' yet" in out and "nbgate promote" in out
+    assert f"no release of '{PACKAGE}' yet" in out and "nbgate promote" in out
 
 
 def test_a_baseline_rule_fails_against_the_named_release(
@@ -204,11 +230,11 @@ def test_a_baseline_rule_fails_against_the_named_release(
     production.metrics = {"auc": 0.95}
     published = write_reports(tmp_path / "release", [production],
                               pipeline_ctx("990", sha=MAIN_SHA, ref="main"))
-    gitlab_standin.add_package_file("train", release, "metrics.json",
-                                    (published / "metrics.json").read_bytes())
+    seed_version(gitlab_standin, "notebooks-train", release,
+                 {"metrics.json": (published / "metrics.json").read_bytes()})
     env = job_env(gitlab_standin, "1002", BRANCH_SHA, "feature")
     code, out = nbgate(root, env, "fetch-baseline", capsys=capsys)
-    assert code == 0 and f"baseline: train {release}" in out, out
+    assert code == 0 and f"baseline: notebooks-train {release}" in out, out
 
     run = run_pytest(root, "-p", "no:nbgate-tracking",
                      env={"NBGATE_BASELINE": "reports/baseline", "CI": ""})

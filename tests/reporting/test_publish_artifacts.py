@@ -11,21 +11,23 @@ import pytest
 from nbgate.config import NbgateConfig, load_config
 from nbgate.contract.codec import read_metrics
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
-from reporting.packages import (
-    build_part,
-    candidate_version,
-    mr_of,
-    package_name,
-    release_version,
-    semver_part,
+from reporting.manifest import MANIFEST_FILE, Manifest
+from reporting.packages import candidate_version, package_name, release_version
+from reporting.publish_artifacts import (
+    Declared,
+    fetch_artifact,
+    publish_artifacts,
+    resolve_pipeline,
 )
-from reporting.publish_artifacts import Declared, fetch_artifact, publish_artifacts
 from tests.reporting.test_publish_mr import Output, ci_env, skipped_case, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.packages import seed_version
 
 MODEL = b'{"learner": {"gradient_booster": "tree"}}'
 ON_MAIN = {"CI_COMMIT_REF_NAME": "main"}  # a default-branch pipeline publishes releases
 RELEASE = "01234567.1002"  # the release version a default-branch pipeline 1002 publishes
+PACKAGE = "notebooks-training_example"  # notebooks/training_example.ipynb's release package
+CANDIDATES = PACKAGE + "-candidate"
 
 
 def make_project(root: Path, *, version: str | None = None) -> NbgateConfig:
@@ -76,16 +78,25 @@ def fetch(standin: GitLabStandIn, dest: Path, config: NbgateConfig | None, *,
 
 
 def test_names_and_versions() -> None:
-    assert package_name("notebooks/training_example.ipynb") == "training_example"
+    assert package_name("notebooks/training_example.ipynb") == PACKAGE
+    assert package_name("a/train.ipynb") != package_name("b/train.ipynb")
     assert package_name("my model (v2).ipynb") == "my_model_v2"
     assert release_version("01234567.1002", "1.0.0") == "1.0.0+01234567.1002"
     assert release_version("01234567.1002", None) == "01234567.1002"
     candidate = candidate_version("01234567.1002", "1.0.0", "7", "feature/new model")
     assert candidate == "1.0.0-mr7.feature-new-model+01234567.1002"
-    assert mr_of(candidate) == "7" and mr_of(release_version("a.1", "1.0.0")) is None
-    assert build_part(candidate) == "01234567.1002" and semver_part(candidate) == "1.0.0"
-    assert semver_part("1.2.0-rc1+abc.1") == "1.2.0-rc1"  # a prerelease is not an MR
-    assert mr_of(candidate_version("b.2", None, None, "x")) is None
+
+
+def test_pipeline_accepts_a_path_a_package_or_a_unique_stem() -> None:
+    declared = [Declared("a/train.ipynb", "train", ("m.json",)),
+                Declared("b/train.ipynb", "train", ("m.json",)),
+                Declared("notebooks/score.ipynb", "score")]
+    assert resolve_pipeline("a/train.ipynb", declared)[0] == "a-train"
+    assert resolve_pipeline("b-train", declared)[0] == "b-train"
+    assert resolve_pipeline("score", declared)[0] == "notebooks-score"
+    with pytest.raises(PublishUsageError, match=r"--pipeline 'train' names 2 pipelines: "
+                                                r"a/train.ipynb, b/train.ipynb"):
+        resolve_pipeline("train", declared)
 
 
 def test_a_branch_publishes_a_candidate_that_names_branch_and_mr(
@@ -98,14 +109,26 @@ def test_a_branch_publishes_a_candidate_that_names_branch_and_mr(
                  CI_OPEN_MERGE_REQUESTS="group/project!7")
     out = upload(gitlab_standin, tmp_path, config, env=env)
     version = "1.0.0-mr7.feature+01234567.1002"
-    assert f"uploaded candidate training_example-candidate {version}" in out.text
-    package = ("training_example-candidate", version)
+    assert f"uploaded candidate {CANDIDATES} {version}" in out.text
+    package = (CANDIDATES, version)
     assert gitlab_standin.package_file(*package, "xgb_model.json") == MODEL
     assert gitlab_standin.package_file(*package, "requirements.txt") == b"xgboost==3.2.0\n"
     metrics = read_metrics(gitlab_standin.package_file(*package, "metrics.json") or b"")
     assert [c.case_id for c in metrics.cases] == ["notebooks/training_example.ipynb::train[cpu]"]
     assert metrics.cases[0].metrics["roc_auc"] == 0.9931
-    assert gitlab_standin.package_file("training_example", version, "xgb_model.json") is None
+    assert gitlab_standin.package_file(PACKAGE, version, "xgb_model.json") is None
+    # The manifest, uploaded last, says what the version holds and where it came from.
+    manifest = Manifest.loads(gitlab_standin.package_file(*package, MANIFEST_FILE) or b"", "m")
+    assert [f.name for f in manifest.files] == ["xgb_model.json", "metrics.json",
+                                                "requirements.txt"]
+    assert manifest.file("xgb_model.json") is not None
+    assert manifest.commit == "0123456789abcdef0123456789abcdef01234567" and manifest.mr_iid == "7"
+    assert manifest.ref == "feature" and not manifest.release and manifest.passing
+    [stored] = [p for p in gitlab_standin.packages() if p.name == CANDIDATES]
+    assert [f.file_name for f in stored.files][-1] == MANIFEST_FILE
+    assert stored.status == "default"
+    puts = gitlab_standin.requests_to("/packages/generic/", "PUT")
+    assert [r.query.get("status") for r in puts] == ["hidden"] * 3 + ["default"]
 
 
 def test_the_default_branch_publishes_a_release(
@@ -114,8 +137,8 @@ def test_the_default_branch_publishes_a_release(
     config = make_project(tmp_path, version="1.0.0")
     trained(tmp_path)
     out = upload(gitlab_standin, tmp_path, config, env=ci_env(gitlab_standin, **ON_MAIN))
-    assert "uploaded release training_example 1.0.0+01234567.1002" in out.text
-    assert gitlab_standin.package_file("training_example", "1.0.0+01234567.1002",
+    assert f"uploaded release {PACKAGE} 1.0.0+01234567.1002" in out.text
+    assert gitlab_standin.package_file(PACKAGE, "1.0.0+01234567.1002",
                                        "xgb_model.json") == MODEL
 
 
@@ -133,16 +156,17 @@ def test_fetch_takes_the_newest_version_with_the_exact_name(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "aaaa1111.1", "xgb_model.json", b"old")
-    gitlab_standin.add_package_file("training_example", "bbbb2222.2", "xgb_model.json", b"new")
+    seed_version(gitlab_standin, PACKAGE, "aaaa1111.1", {"xgb_model.json": b"old"})
+    seed_version(gitlab_standin, PACKAGE, "bbbb2222.2", {"xgb_model.json": b"new"})
     # Created later and matched by GitLab's loose name filter, but a candidate (never taken
-    # unless named) and another pipeline's model.
-    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr7.x+cccc3333.3",
-                                    "xgb_model.json", b"unreviewed")
-    gitlab_standin.add_package_file("training_example_v2", "dddd4444.4", "xgb_model.json", b"v2")
+    # unless named), another pipeline's model, and a version from before manifests.
+    seed_version(gitlab_standin, CANDIDATES, "0.0.0-mr7.x+cccc3333.3",
+                 {"xgb_model.json": b"unreviewed"})
+    seed_version(gitlab_standin, PACKAGE + "_v2", "dddd4444.4", {"xgb_model.json": b"v2"})
+    gitlab_standin.add_package_file(PACKAGE, "eeee5555.5", "xgb_model.json", b"no manifest")
     out = fetch(gitlab_standin, tmp_path / "models" / "xgb_model.json", config)
     assert (tmp_path / "models" / "xgb_model.json").read_bytes() == b"new"
-    assert "fetched training_example bbbb2222.2 xgb_model.json" in out.text
+    assert f"fetched {PACKAGE} bbbb2222.2 xgb_model.json" in out.text
     listing = gitlab_standin.requests_to("/packages", "GET")[0]
     assert listing.query["package_type"] == "generic"
     assert listing.query["order_by"] == "created_at" and listing.query["sort"] == "desc"
@@ -150,24 +174,26 @@ def test_fetch_takes_the_newest_version_with_the_exact_name(
 
 def test_fetch_a_given_version_into_a_folder(gitlab_standin: GitLabStandIn, tmp_path: Path) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "aaaa1111.1", "xgb_model.json", b"old")
-    gitlab_standin.add_package_file("training_example", "bbbb2222.2", "xgb_model.json", b"new")
-    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr7.x+cccc3333.3",
-                                    "xgb_model.json", b"candidate")
+    seed_version(gitlab_standin, PACKAGE, "aaaa1111.1", {"xgb_model.json": b"old"})
+    seed_version(gitlab_standin, PACKAGE, "bbbb2222.2", {"xgb_model.json": b"new"})
+    seed_version(gitlab_standin, CANDIDATES, "0.0.0-mr7.x+cccc3333.3",
+                 {"xgb_model.json": b"candidate"})
     (tmp_path / "into").mkdir()
     fetch(gitlab_standin, tmp_path / "into", config, version="aaaa1111.1")
     assert (tmp_path / "into" / "xgb_model.json").read_bytes() == b"old"
     fetch(gitlab_standin, tmp_path / "into", config, version="0.0.0-mr7.x+cccc3333.3")
     assert (tmp_path / "into" / "xgb_model.json").read_bytes() == b"candidate"
-    with pytest.raises(PublishUsageError, match="no release or candidate has version"):
+    with pytest.raises(PublishUsageError, match="no complete release or candidate has version"):
         fetch(gitlab_standin, tmp_path / "into", config, version="9.9.9")
 
 
 def test_fetch_without_config_uses_the_destination_name(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
-    gitlab_standin.add_package_file("training_example", "1", "xgb_model.json", MODEL)
-    fetch(gitlab_standin, tmp_path / "xgb_model.json", None)
+    seed_version(gitlab_standin, PACKAGE, "1", {"xgb_model.json": MODEL})
+    out = Output(gitlab_standin.private_token, gitlab_standin.job_token)
+    fetch_artifact(PACKAGE, tmp_path / "xgb_model.json", ci_env(gitlab_standin), declared=[],
+                   echo=out)
     assert (tmp_path / "xgb_model.json").read_bytes() == MODEL
 
 
@@ -189,10 +215,9 @@ def test_fetch_with_nothing_published_fails_clearly(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example_old", "1", "xgb_model.json", b"x")
-    gitlab_standin.add_package_file("training_example-candidate", "0.0.0-mr1.x+a.1",
-                                    "xgb_model.json", b"x")
-    with pytest.raises(PublishError, match="no release of 'training_example' yet: a release is "
+    seed_version(gitlab_standin, PACKAGE + "_old", "1", {"xgb_model.json": b"x"})
+    seed_version(gitlab_standin, CANDIDATES, "0.0.0-mr1.x+a.1", {"xgb_model.json": b"x"})
+    with pytest.raises(PublishError, match=f"no release of '{PACKAGE}' yet: a release is "
                                            "published by `nbgate publish artifacts` from the "
                                            "default branch"):
         fetch(gitlab_standin, tmp_path / "model.json", config)
@@ -203,12 +228,12 @@ def test_a_missing_file_leaves_the_destination_untouched(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "1", "other.bin", b"x")
+    seed_version(gitlab_standin, PACKAGE, "1", {"other.bin": b"x"})
     (tmp_path / "xgb_model.json").write_bytes(b"previous")
-    with pytest.raises(PublishError) as caught:
+    with pytest.raises(PublishUsageError,
+                       match=f"{PACKAGE} 1 has no file 'xgb_model.json'; its manifest lists "
+                             "other.bin"):
         fetch(gitlab_standin, tmp_path / "xgb_model.json", config)
-    assert caught.value.status == 404
-    assert "has no file 'xgb_model.json'" in str(caught.value)
     assert (tmp_path / "xgb_model.json").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -237,7 +262,7 @@ def test_dry_run_says_what_would_be_uploaded(gitlab_standin: GitLabStandIn, tmp_
     trained(tmp_path)
     out = upload(gitlab_standin, tmp_path, config, dry_run=True,
                  env=ci_env(gitlab_standin, **ON_MAIN))
-    assert ("dry run: would upload release training_example 01234567.1002: xgb_model.json "
+    assert (f"dry run: would upload release {PACKAGE} 01234567.1002: xgb_model.json "
             "(models/xgb_model.json, 41 bytes), metrics.json (the metrics of 1 case(s)"
             in out.text), out.text
     assert gitlab_standin.packages() == []
@@ -252,6 +277,6 @@ def test_refused_upload_names_status_and_endpoint(
     with pytest.raises(PublishError) as caught:
         upload(gitlab_standin, tmp_path, config)
     assert caught.value.status == 403
-    assert caught.value.endpoint == ("PUT /projects/42/packages/generic/training_example-candidate"
-                                     "/0.0.0-feature+01234567.1002/xgb_model.json")
+    assert caught.value.endpoint == (f"PUT /projects/42/packages/generic/{CANDIDATES}"
+                                     "/0.0.0-feature+01234567.1002/xgb_model.json?status=hidden")
     assert "may not publish packages" in str(caught.value)

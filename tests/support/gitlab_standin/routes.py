@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 from .state import (
+    DISPLAYABLE_STATUSES,
+    INSTALLABLE_STATUSES,
     GitLabState,
     MergeRequest,
     Note,
@@ -201,7 +203,7 @@ def mr_json(state: GitLabState, mr: MergeRequest, base: str) -> dict[str, Any]:
         "id": mr.id, "iid": mr.iid, "project_id": state.project_id, "title": mr.title,
         "state": mr.state, "source_branch": mr.source_branch, "target_branch": mr.target_branch,
         "sha": mr.sha, "merge_commit_sha": mr.merge_commit_sha,
-        "squash_commit_sha": mr.squash_commit_sha,
+        "squash_commit_sha": mr.squash_commit_sha, "merged_at": mr.merged_at,
         "web_url": f"{base}/{state.project_path}/-/merge_requests/{mr.iid}",
     }
 
@@ -225,7 +227,7 @@ def wiki_json(page: WikiPage) -> dict[str, Any]:
 def package_json(state: GitLabState, package: Package) -> dict[str, Any]:
     return {
         "id": package.id, "name": package.name, "version": package.version,
-        "package_type": "generic", "status": "default", "created_at": package.created_at,
+        "package_type": "generic", "status": package.status, "created_at": package.created_at,
         "tags": [], "_links": {"web_path": f"/{state.project_path}/-/packages/{package.id}"},
     }
 
@@ -255,6 +257,16 @@ def commit_merge_requests(state: GitLabState, req: Request) -> Response:
     mrs = sorted(state.db.merge_requests.values(), key=lambda mr: mr.iid, reverse=True)
     mrs = [mr for mr in mrs if mr.related_to(sha) and wanted in ("all", mr.state)]
     return paged_json(req, mrs, lambda mr: mr_json(state, mr, req.base))
+
+
+def merge_request_commits(state: GitLabState, req: Request) -> Response:
+    """``GET /projects/:id/merge_requests/:iid/commits``: the MR's commits, newest first,
+    paginated (``lib/api/merge_requests.rb``)."""
+    mr = _merge_request(state, req)
+    return paged_json(req, list(mr.commits), lambda sha: {
+        "id": sha, "short_id": sha[:8], "title": f"commit {sha[:8]}",
+        "message": f"commit {sha[:8]}", "parent_ids": [], "web_url":
+        f"{req.base}/{state.project_path}/-/commit/{sha}"})
 
 
 # -- merge request notes ------------------------------------------------------------------------
@@ -420,17 +432,22 @@ def _package_path(req: Request) -> tuple[str, str, str]:
 
 
 def put_package_file(state: GitLabState, req: Request) -> Response:
+    """``lib/api/generic_packages.rb``: ``status`` is optional, ``default`` or ``hidden``."""
     name, version, file_name = _package_path(req)
+    status = req.query.get("status")
+    if status is not None and status not in ("default", "hidden"):
+        raise bad_param("status does not have a valid value")
     duplicate = state.db.find_package_file(name, version, file_name) is not None
     if duplicate and not state.allow_duplicate_packages:
         raise ApiError(400, {"message": "Duplicate package is not allowed"})
-    state.db.store_package_file(name, version, file_name, req.body)
+    state.db.store_package_file(name, version, file_name, req.body, status)
     return json_response(201, {"message": "201 Created"})
 
 
 def get_package_file(state: GitLabState, req: Request) -> Response:
     name, version, file_name = _package_path(req)
-    if state.db.find_package(name, version) is None:
+    package = state.db.find_package(name, version)
+    if package is None or package.status not in INSTALLABLE_STATUSES:
         raise not_found("Package")
     found = state.db.find_package_file(name, version, file_name)
     if found is None:
@@ -445,7 +462,8 @@ def list_packages(state: GitLabState, req: Request) -> Response:
     # Every stored package is generic; GitLab matches package_name as a substring, in any case.
     needle = req.query.get("package_name", "").lower()
     packages = [p for p in state.db.packages
-                if package_type in ("", "generic") and needle in p.name.lower()]
+                if package_type in ("", "generic") and needle in p.name.lower()
+                and p.status in DISPLAYABLE_STATUSES]
     packages.sort(key=lambda p: (getattr(p, PACKAGE_ORDER[order_by]), p.id),
                   reverse=sort == "desc")
     return paged_json(req, packages, lambda p: package_json(state, p))
@@ -538,6 +556,7 @@ _PACKAGE = "/projects/:id/packages/generic/:name/:version/:file_name"
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/user", get_user),
     Route("GET", "/projects/:id/repository/commits/:sha/merge_requests", commit_merge_requests),
+    Route("GET", f"{_MR}/commits", merge_request_commits),
     Route("GET", f"{_MR}/notes", list_notes, allow_job_token=True),
     Route("POST", f"{_MR}/notes", create_note),
     Route("PUT", f"{_MR}/notes/:note_id", update_note),

@@ -54,6 +54,7 @@ class MergeRequest:
     commits: list[str] = field(default_factory=list)
     merge_commit_sha: str | None = None
     squash_commit_sha: str | None = None
+    merged_at: str | None = None  # GitLab's time of the merge, ISO 8601
 
     def related_to(self, sha: str) -> bool:
         """GitLab's ``by_related_commit_sha``: a commit of the MR, or its merge/squash commit."""
@@ -87,6 +88,14 @@ class PackageFile:
     created_at: str
 
 
+# GitLab's package statuses (``app/models/packages/package.rb``): the list endpoint shows the
+# displayable ones only; files of the installable ones download.
+PACKAGE_STATUSES = ("default", "hidden", "processing", "error", "pending_destruction",
+                    "deprecated")
+DISPLAYABLE_STATUSES = ("default", "error", "deprecated")
+INSTALLABLE_STATUSES = ("default", "hidden", "deprecated")
+
+
 @dataclass
 class Package:
     id: int
@@ -94,6 +103,7 @@ class Package:
     version: str
     created_at: str
     files: list[PackageFile] = field(default_factory=list)
+    status: str = "default"
 
 
 @dataclass
@@ -184,13 +194,19 @@ class Tables:
         files = reversed(package.files) if package else ()
         return next((f for f in files if f.file_name == file_name), None)
 
-    def store_package_file(self, name: str, version: str, file_name: str, data: bytes) -> Package:
+    def store_package_file(self, name: str, version: str, file_name: str, data: bytes,
+                           status: str | None = None) -> Package:
+        """GitLab's ``Packages::Generic::CreatePackageFileService``: the package is created
+        (status ``default``) by its first file, and an upload that gives a status sets it:
+        ``package.update_column(:status, params[:status]) if params[:status] && ...``."""
         package = self.find_package(name, version)
         if package is None:
             package = Package(self.next_id("package"), name, version, self.tick())
             self.packages.append(package)
         package.files.append(PackageFile(self.next_id("package_file"), file_name, data,
                                          self.tick()))
+        if status is not None and status != package.status:
+            package.status = status
         return package
 
 
@@ -264,13 +280,17 @@ class GitLabState:
         commits: Iterable[str] = (),
         merge_commit_sha: str | None = None,
         squash_commit_sha: str | None = None,
+        merged_at: str | None = None,
     ) -> MergeRequest:
-        """An MR whose head is ``sha`` (plus earlier ``commits``); a merged one may name the
-        merge and squash commits it made on the target branch."""
+        """An MR whose head is ``sha`` (plus earlier ``commits``, newest first); a merged one
+        may name the merge and squash commits it made on the target branch, and gets a
+        ``merged_at`` (the next tick of the clock unless given)."""
         with self.lock:
+            if state == "merged" and merged_at is None:
+                merged_at = self.db.tick()
             mr = MergeRequest(1000 + iid, iid, source_branch, sha, state, target_branch,
                               title or f"Merge {source_branch}", [sha, *commits],
-                              merge_commit_sha, squash_commit_sha)
+                              merge_commit_sha, squash_commit_sha, merged_at)
             self.db.merge_requests[iid] = mr
             self.db.commits.update(mr.commits)
             self.db.commits.update(s for s in (merge_commit_sha, squash_commit_sha) if s)
@@ -304,9 +324,10 @@ class GitLabState:
             self.db.wiki[page.slug] = page
             return replace(page)
 
-    def add_package_file(self, name: str, version: str, file_name: str, data: bytes) -> Package:
+    def add_package_file(self, name: str, version: str, file_name: str, data: bytes,
+                         status: str | None = None) -> Package:
         with self.lock:
-            package = self.db.store_package_file(name, version, file_name, data)
+            package = self.db.store_package_file(name, version, file_name, data, status)
             return replace(package, files=list(package.files))
 
     # -- inspection (copies, so a test never races the server) ------------------------------
@@ -327,6 +348,14 @@ class GitLabState:
     def packages(self) -> list[Package]:
         with self.lock:
             return [replace(p, files=list(p.files)) for p in self.db.packages]
+
+    def replace_package_file(self, name: str, version: str, file_name: str, data: bytes) -> None:
+        """Change a stored file's bytes in place (a tampered or corrupted registry)."""
+        with self.lock:
+            found = self.db.find_package_file(name, version, file_name)
+            if found is None:
+                raise KeyError(f"{name} {version} has no file {file_name}")
+            found.data = data
 
     def package_file(self, name: str, version: str, file_name: str) -> bytes | None:
         """Bytes GitLab would serve for that file (the newest upload), or None."""
