@@ -16,6 +16,7 @@ from reporting.comment import is_comment_for
 from reporting.publish_wiki import parse_page
 from tests.reporting.test_publish_mr import SHA, ci_env, pipeline_ctx, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.packages import seed_version
 
 
 def project(root: Path) -> Path:
@@ -198,7 +199,8 @@ def test_fetch_artifact_writes_the_declared_output(
     capsys: pytest.CaptureFixture[str], gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:
     root = project(tmp_path)
-    gitlab_standin.add_package_file("training_example", "01234567-1002", "xgb_model.json", b"m")
+    seed_version(gitlab_standin, "notebooks-training_example", "01234567-1002",
+                 {"xgb_model.json": b"m"})
     code, _, err = run_main(capsys, root, "fetch-artifact", "--pipeline", "training_example",
                               "--dest", str(root / "models" / "xgb_model.json"),
                               env=ci_env(gitlab_standin))
@@ -218,9 +220,9 @@ def test_publish_artifacts_round_trip(
     code, out, err = run_main(capsys, root, "publish", "artifacts", "--reports",
                               str(root / "reports"),
                               env=ci_env(gitlab_standin, CI_COMMIT_REF_NAME="main"))
-    assert "uploaded release training_example 01234567.1002: xgb_model.json" in out
+    assert "uploaded release notebooks-training_example 01234567.1002: xgb_model.json" in out
     assert code == 0, err
-    assert gitlab_standin.package_file("training_example", "01234567.1002",
+    assert gitlab_standin.package_file("notebooks-training_example", "01234567.1002",
                                        "xgb_model.json") == b"model-bytes"
 
 

@@ -22,6 +22,7 @@ from reporting.errors import PublishError, PublishSkipped, PublishUsageError
 from reporting.publish_mr import publish_mr
 from tests.support.builders import build_metrics, check, write_metrics_json
 from tests.support.gitlab_standin import GitLabStandIn
+from tests.support.packages import seed_version
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 BASE_SHA = "89abcdef0123456789abcdef0123456789abcdef"
@@ -199,9 +200,9 @@ def test_comment_is_created_once_then_updated_in_place(mr: GitLabStandIn, tmp_pa
 
 
 def test_comment_reads_like_the_design(mr: GitLabStandIn, tmp_path: Path) -> None:
-    mr.add_package_file("training_example", "1.0.0+89abcdef.990", "metrics.json", metrics_bytes(
-        [train_case(roc_auc=0.9889, log_loss=0.1311)], pipeline_ctx("990", sha=BASE_SHA,
-                                                                    ref="main")))
+    seed_version(mr, "notebooks-training_example", "1.0.0+89abcdef.990", {
+        "metrics.json": metrics_bytes([train_case(roc_auc=0.9889, log_loss=0.1311)],
+                                      pipeline_ctx("990", sha=BASE_SHA, ref="main"))})
     reports = write_reports(tmp_path / "reports", [train_case(), skipped_case()])
     publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
@@ -221,7 +222,7 @@ def test_comment_reads_like_the_design(mr: GitLabStandIn, tmp_path: Path) -> Non
     assert "_Updated by nbgate on every pipeline of this MR; last update: pipeline [#1002]" in body
     # The baseline is production: the newest release's published metrics.
     listing = mr.requests_to("/packages", "GET")[0]
-    assert listing.query["package_name"] == "training_example"
+    assert listing.query["package_name"] == "notebooks-training_example"
 
 
 def test_no_baseline_is_said_once(mr: GitLabStandIn, tmp_path: Path) -> None:
@@ -229,7 +230,7 @@ def test_no_baseline_is_said_once(mr: GitLabStandIn, tmp_path: Path) -> None:
     out = publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
     assert body.count("No baseline") == 1
-    assert "training_example has no release yet" in body
+    assert "notebooks-training_example has no release yet" in body
     assert "vs release" not in body and "(+" not in body
     assert sum("baseline" in line for line in out.lines) == 1
 
