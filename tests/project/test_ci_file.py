@@ -419,6 +419,8 @@ def test_notify_jobs(expanded: dict) -> None:
     assert fetched == {"build-ds-image", "train-cpu"}
     promote = expanded["promote-model"]
     assert promote["stage"] == "notify" and promote["script"] == ["nbgate promote"]
+    # Two merges close together: their promotes never run at once.
+    assert promote["resource_group"] == "promote-model"
 
 
 def test_test_job_runs_the_suite_and_every_notebook(expanded: dict) -> None:

@@ -433,6 +433,48 @@ def test_generic_package_path_validation(
     assert gitlab_standin.packages() == []
 
 
+def test_package_status_is_set_by_the_upload_that_gives_one(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    """``create_package_file_service.rb``: the first file creates the package (default), an
+    upload with ``status`` sets it; the list shows displayable statuses only
+    (``Package::DISPLAYABLE_STATUSES``), hidden files still download (``INSTALLABLE``)."""
+    def listed() -> list[tuple[str, str]]:
+        return [(p.version, p.status) for p in project.packages.list(
+            package_type="generic", package_name="model", get_all=True)]
+
+    project.generic_packages.upload("model", "1.0.0", "model.json", data=b"m", status="hidden")
+    project.generic_packages.upload("model", "1.0.0", "metrics.json", data=b"{}")  # no status
+    assert listed() == []
+    assert project.generic_packages.download("model", "1.0.0", "model.json") == b"m"
+    project.generic_packages.upload("model", "1.0.0", "manifest.json", data=b"{}",
+                                    status="default")
+    assert listed() == [("1.0.0", "default")]
+    project.generic_packages.upload("model", "1.0.0", "late.bin", data=b"x", status="hidden")
+    assert listed() == []
+    with pytest.raises(gitlab.GitlabUploadError) as caught:
+        project.generic_packages.upload("model", "1.0.0", "x.bin", data=b"x", status="error")
+    assert (caught.value.response_code, caught.value.error_message) == (
+        400, "status does not have a valid value")
+
+
+def test_merge_request_commits_are_paged_newest_first(
+    project: Project, gitlab_standin: GitLabStandIn
+) -> None:
+    shas = [f"{n:040x}" for n in range(30, 0, -1)]
+    gitlab_standin.add_merge_request(7, sha=shas[0], commits=shas[1:], state="merged",
+                                     merge_commit_sha="f" * 40)
+    mr = project.mergerequests.get(7, lazy=True)
+    assert [c.id for c in mr.commits(per_page=20)] == shas
+    assert [r.query.get("page") for r in gitlab_standin.requests_to("/merge_requests/7/commits")] \
+        == [None, "2"]
+    merged = project.commits.get("f" * 40, lazy=True).merge_requests()
+    assert merged[0]["merged_at"] and merged[0]["iid"] == 7
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        list(project.mergerequests.get(8, lazy=True).commits())
+    assert caught.value.response_code == 404
+
+
 def test_duplicate_package_files_can_be_disallowed() -> None:
     with GitLabStandIn(allow_duplicate_packages=False) as standin:
         url = api(standin, "/packages/generic/model/1.0.0/m.bin")
