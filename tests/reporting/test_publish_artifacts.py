@@ -164,6 +164,9 @@ def test_fetch_takes_the_newest_version_with_the_exact_name(
                  {"xgb_model.json": b"unreviewed"})
     seed_version(gitlab_standin, PACKAGE + "_v2", "dddd4444.4", {"xgb_model.json": b"v2"})
     gitlab_standin.add_package_file(PACKAGE, "eeee5555.5", "xgb_model.json", b"no manifest")
+    gitlab_standin.add_package_file(PACKAGE, "ffff6666.6", "xgb_model.json", b"bad manifest")
+    gitlab_standin.add_package_file(PACKAGE, "ffff6666.6", MANIFEST_FILE, b'{"schema": 1}',
+                                    status="default")
     out = fetch(gitlab_standin, tmp_path / "models" / "xgb_model.json", config)
     assert (tmp_path / "models" / "xgb_model.json").read_bytes() == b"new"
     assert f"fetched {PACKAGE} bbbb2222.2 xgb_model.json" in out.text
