@@ -545,7 +545,9 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert "tiny_train" in notes[0].body and "accuracy" in notes[0].body
     # A branch's model is a candidate (its version names the branch and MR !7), never a release.
     [package] = gitlab_standin.packages()
-    assert package.name == "tiny_train-candidate" and "-mr7.feature+" in package.version
+    assert package.name == "notebooks-tiny_train-candidate" and "-mr7.feature+" in package.version
+    # Complete: its files went up hidden, the manifest last made it visible.
+    assert package.status == "default" and package.files[-1].file_name == "nbgate-manifest.json"
     files = {f.file_name: f.data for f in package.files}
     assert files["tiny.txt"] == b"cpu" and set(files) >= {"tiny.txt", "metrics.json"}
     assert "production baseline" in log or "no release" in log  # fetch-baseline said why
