@@ -49,7 +49,7 @@ def render_summary(
         parts.append(line + ".")
     labels = case_labels(results)
     if results:
-        parts.append(results_tables(results, comparison=comparison,
+        parts.append(results_tables(results, comparison=comparison, reason_limit=100,
                                     case_label=lambda r: labels[r.case_id]))
         parts.append(baseline_line(baseline, results, baseline_reason))
     else:
