@@ -170,12 +170,18 @@ def _baseline(
     local: str | None,
     root: Path,
 ) -> BaselineLookup:
-    """Production (the newest release of each notebook), or the metrics given locally."""
+    """The metrics given here (``--baseline``, NBGATE_BASELINE), else the baseline the run
+    itself compared with (recorded in its metrics.json: the comment must not contradict the
+    gates it reports), else production (the newest release of each notebook)."""
     if local:
         try:
             return BaselineLookup(Baseline.from_runs(load_baselines(root / local, local)))
         except ResultsFileError as exc:
             return BaselineLookup(None, str(exc))
+    recorded = Baseline.recorded((r, run.baselines[r.case_id]) for run in runs
+                                 for r in run.results if r.case_id in run.baselines)
+    if recorded is not None:
+        return BaselineLookup(recorded)
     if session is None:
         return BaselineLookup(None, "not in GitLab CI and no --baseline given")
     notebooks = [r.notebook for run in runs for r in run.results if r.declared]
