@@ -427,6 +427,7 @@ def results_tables(
             notes += [f"- {FAIL_MARK} {md_cell(label(r))}: "
                       f"{md_cell(short_reason(r.failure.message if r.failure else 'failed', 200))}"
                       for r in group if r.outcome == "failed"]
+            notes += _skip_notes(group, label)
         notes += [f"- {NOT_CHECKED_MARK} {md_cell(line)}" for line in not_checked_notes(group)]
         if notes:
             parts.append("\n".join(notes))
@@ -438,6 +439,21 @@ def results_tables(
             parts.append(f"<details><summary>All recorded metrics ({len(others)} more "
                          f"{noun})</summary>\n\n{detail}\n\n</details>")
     return "\n\n".join(parts)
+
+
+def _skip_notes(results: Sequence[CaseResult], label: Callable[[CaseResult], str]) -> list[str]:
+    """Why cases were skipped, one line per reason: "⏭ a · train[gpu]: no CUDA GPU visible",
+    or "⏭ 12 cases: no CUDA GPU visible" when many share it."""
+    by_reason: dict[str, list[str]] = {}
+    for result in results:
+        if result.outcome == "skipped":
+            why = first_clause(result.skip_reason) or "skipped"
+            by_reason.setdefault(why, []).append(label(result))
+    lines = []
+    for why, labels in by_reason.items():
+        who = ", ".join(labels) if len(labels) <= 3 else f"{len(labels)} cases"
+        lines.append(f"- {SKIP_MARK} {md_cell(who)}: {md_cell(why)}")
+    return lines
 
 
 def run_link_markdown(result: CaseResult) -> str:
