@@ -20,14 +20,7 @@ from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import case_from_json, case_to_json
-from nbgate.contract.model import (
-    NOT_CHECKED,
-    CaseResult,
-    case_labels,
-    gate_counts,
-    not_checked_reason,
-    preferred,
-)
+from nbgate.contract.model import CaseResult, case_labels, preferred
 from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
 from reporting.markdown import (
@@ -37,6 +30,7 @@ from reporting.markdown import (
     figures_markdown,
     first_clause,
     fmt_rule,
+    gates_summary,
     is_web_url,
     link,
     md_cell,
@@ -334,7 +328,7 @@ def headline(
         summary = f"{total} {noun}"
         if tally["skipped"]:
             summary = f"{tally['passed']} passed, {tally['skipped']} skipped"
-        gates = _gates_text([r for r in results if r.outcome == "passed"])
+        gates = gates_summary([r for r in results if r.outcome == "passed"])
         if gates:
             summary += f", {gates}"
     else:
@@ -346,27 +340,6 @@ def headline(
     text = f"### {overall_mark(results)} {word} {status} — {summary}"
     key = _key_metric(results, comparison, baselines)
     return f"{text}; {key}" if key else text
-
-
-def _gates_text(ran: Sequence[CaseResult]) -> str:
-    """"2 gates passed, 1 not checked (no release yet)": every gate of the cases that ran."""
-    checks = [c for r in ran for c in r.thresholds]
-    if not checks:
-        return ""
-    tally = gate_counts(checks)
-    parts = []
-    if tally["failed"]:
-        parts.append(f"{tally['failed']} failed")
-    if tally["passed"]:
-        parts.append(f"{tally['passed']} {'gate' if tally['passed'] == 1 else 'gates'} passed")
-    if tally[NOT_CHECKED]:
-        reasons = list(dict.fromkeys(not_checked_reason(c.reason) for c in checks
-                                     if not c.checked))
-        why = reasons[0] + ("; …" if len(reasons) > 1 else "")
-        noun = "" if tally["passed"] or tally["failed"] else (
-            " gate" if tally[NOT_CHECKED] == 1 else " gates")
-        parts.append(f"{tally[NOT_CHECKED]}{noun} not checked ({md_cell(why)})")
-    return ", ".join(parts)
 
 
 def _key_metric(

@@ -24,6 +24,7 @@ Public API (all documented below):
     failure_details(result)            a collapsed <details> block with the failure text
     figures_markdown(results, ...)     image links for recorded figures
     verdict(results)                   "❌ 1 failed · ✅ 2 passed · ⏭ 1 skipped"
+    gates_summary(results)             "2 gates passed, 1 not checked (no release yet)"
     overall_mark(results)              one headline mark: ❌ any failed, ✅ some passed, else ⏭
     counts(results)                    {"failed": n, "passed": n, "skipped": n}
     rule_checks_text(result, ...)      plain-text metrics vs rules (the terminal line)
@@ -50,6 +51,7 @@ from nbgate.contract.model import (
     CaseResult,
     Rule,
     ThresholdCheck,
+    gate_counts,
     not_checked_reason,
 )
 from nbgate.contract.text import MISSING, clean_text, fmt_number
@@ -519,6 +521,29 @@ def verdict(results: Iterable[CaseResult]) -> str:
     """The outcome counts, worst first: "❌ 1 failed · ✅ 2 passed · ⏭ 1 skipped" ("no cases")."""
     parts = [f"{OUTCOME_MARKS.get(k, '?')} {n} {k}" for k, n in counts(results).items() if n]
     return " · ".join(parts) or "no cases"
+
+
+def gates_summary(results: Iterable[CaseResult]) -> str:
+    """Every gate of ``results`` by state: "2 gates passed, 1 not checked (no release yet)",
+    "1 failed, 3 gates passed"; "" when they have none. Not checked is counted on its own,
+    with why, never among the passed."""
+    checks = [c for r in results for c in r.thresholds]
+    if not checks:
+        return ""
+    tally = gate_counts(checks)
+    parts = []
+    if tally["failed"]:
+        parts.append(f"{tally['failed']} failed")
+    if tally["passed"]:
+        parts.append(f"{tally['passed']} {'gate' if tally['passed'] == 1 else 'gates'} passed")
+    if tally[NOT_CHECKED]:
+        reasons = list(dict.fromkeys(not_checked_reason(c.reason) for c in checks
+                                     if not c.checked))
+        why = reasons[0] + ("; …" if len(reasons) > 1 else "")
+        noun = "" if tally["passed"] or tally["failed"] else (
+            " gate" if tally[NOT_CHECKED] == 1 else " gates")
+        parts.append(f"{tally[NOT_CHECKED]}{noun} not checked ({md_cell(why)})")
+    return ", ".join(parts)
 
 
 def overall_mark(results: Iterable[CaseResult]) -> str:

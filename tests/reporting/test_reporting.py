@@ -207,7 +207,8 @@ def test_case_table_is_a_well_formed_markdown_table() -> None:
     assert good["a\\|b"] == "–"  # not recorded by this case, no rule: nothing to show
     gpu = body["notebooks/training_example.ipynb::train[gpu]"]
     assert gpu["outcome"] == "⏭ skipped: no CUDA GPU visible" and gpu["time"] == "–"
-    assert body["\\/close::score[cpu]"]["outcome"] == "❌ failed: ValueError in cell 3: bad \\| input"
+    assert body["\\/close::score[cpu]"]["outcome"] == (
+        "❌ failed: ValueError in cell 3: bad \\| input")
     assert set(list(gpu.values())[3:]) == {"–"}
     bad = body["\\/close::score[cpu]"]
     assert bad["nan_metric"] == "**NaN** ❌"
