@@ -91,7 +91,7 @@ class NbgateState:
         if self.baseline_problem:
             return "the baseline could not be read"
         if self.baselines:
-            return "the baseline has no release of this notebook"
+            return "the baseline has no case of this notebook"
         return NO_BASELINE
 
 
