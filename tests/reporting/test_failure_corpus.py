@@ -243,12 +243,11 @@ def test_the_failing_comment_fits_gitlabs_note_column(
     dry_run_comment(corpus.root, corpus.root / "reports", capsys)
     measured = measure_tables(corpus.root / "reports" / "comment-train.html")
     assert measured.column == NOTE_COLUMN_PX
-    three = [t for t in measured.tables if len(t.header) >= 6]
-    assert three and three[0].header[3:6] == ["auc ≥ 0.95", "log_loss ≤ 0.25",
-                                              "f1 ≥ baseline − 0.01"]
     too_wide = [(t.header, t.width) for t in measured.tables
                 if t.width > measured.column or t.scrolls]
     assert not too_wide, f"wider than the {measured.column} px column: {too_wide}"
+    [three] = [t for t in measured.tables if len(t.header) >= 6]
+    assert three.header[3:6] == ["auc ≥ 0.95", "log_loss ≤ 0.25", "f1 ≥ baseline − 0.01"]
 
 
 # -- a rule that was not checked ----------------------------------------------------------------
@@ -286,6 +285,8 @@ def test_a_rule_not_checked_says_so_in_all_five_outputs(
     corpus: Corpus, capsys: pytest.CaptureFixture[str]
 ) -> None:
     why = NOT_CHECKED_WHY
+    body = dry_run_comment(corpus.root, reports_of(corpus, [UNCHECKED], "only-unchecked"), capsys)
+    assert shown_as_passed(corpus, body) == {}
     assert corpus.terminal_line(UNCHECKED).endswith(
         f"auc 0.9900 ≥ 0.95  log_loss 0.1000 ≤ baseline × 1.1 – not checked ({why})")
     assert f"- ➖ log_loss ≤ baseline × 1.1: not checked ({why})" in corpus.summary
@@ -294,11 +295,9 @@ def test_a_rule_not_checked_says_so_in_all_five_outputs(
     assert f"log_loss ≤ baseline × 1.1: not checked ({why})" in testcase.findtext("system-out")
     check = corpus.case_json(UNCHECKED)["thresholds"]["log_loss"]["checks"][0]
     assert check["passed"] is None and check["reason"] == f"not checked: {why}"
-    body = dry_run_comment(corpus.root, reports_of(corpus, [UNCHECKED], "only-unchecked"), capsys)
     assert body.split("\n")[1] == (f"### ✅ Training passed — 1 case, 1 gate passed, 1 not checked "
                                    f"({why}); auc 0.9900 (≥ 0.95)")
     assert f"- ➖ log_loss ≤ baseline × 1.1: not checked ({why})" in body
-    assert shown_as_passed(corpus, body) == {}
 
 
 def test_require_baseline_still_fails_the_unchecked_rule(corpus: Corpus) -> None:
