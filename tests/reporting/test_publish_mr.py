@@ -531,6 +531,55 @@ def test_many_cases_stay_far_below_the_note_limit(mr: GitLabStandIn, tmp_path: P
     assert "train[r0]" in body and "train[r350]" in body  # failed cases are always listed
 
 
+def test_a_5000_case_comment_stays_under_gitlabs_note_limit_with_capped_uploads(
+    mr: GitLabStandIn, tmp_path: Path
+) -> None:
+    """GitLab refuses a note over 1,000,000 characters (``validates :note, length: {maximum:
+    Gitlab::Database::MAX_TEXT_SIZE_LIMIT}`` in app/models/concerns/notes/active_record.rb;
+    MAX_TEXT_SIZE_LIMIT = 1_000_000 in lib/gitlab/database.rb; the stand-in answers 400 the same
+    way). 5,000 cases with two figures each, long causes and tracebacks: the note is posted,
+    with at most 100 figures, failed cases' first, and no more uploads than it shows."""
+    from reporting.comment import MAX_FIGURES, MAX_TABLE_ROWS, NOTE_LIMIT
+
+    figures = tmp_path / "reports" / "figures"
+    figures.mkdir(parents=True)
+    results = []
+    for i in range(5000):
+        failed = i % 7 == 3
+        names = {}
+        for name in ("roc_curve", "feature_importance"):
+            path = f"reports/figures/training_example-train-r{i}-{name}.png"
+            (tmp_path / path).write_bytes(PNG)
+            names[name] = path
+        case = train_case(f"r{i}", outcome="failed" if failed else "passed", figures=names)
+        if failed:
+            case.failure = Failure("cell_error", f"ValueError in cell 7: {'x' * 300} {i}", 7,
+                                   "model.fit(X, y)\n" * 40, "ValueError: " + "x" * 2000,
+                                   "Traceback:\n" + "  frame\n" * 400)
+        results.append(case)
+    reports = write_reports(tmp_path / "reports", results)
+    publish(mr, [reports])
+    [note] = nbgate_notes(mr, 7)
+    assert len(note.body) < NOTE_LIMIT // 2, len(note.body)  # by the caps, not by a last cut
+    assert "(cut: see summary.md)" not in note.body and "_Updated by nbgate" in note.body
+    failed = [r for r in results if r.outcome == "failed"]
+    uploads = mr.uploads()
+    assert len(uploads) == MAX_FIGURES  # the same cap as the figures shown
+    # Failed cases' figures first: 100 figures are the first 50 failed cases' two each.
+    assert {u.filename for u in uploads} == {
+        Path(p).name for r in failed[:MAX_FIGURES // 2] for p in r.figures.values()}
+    assert sum(f"![{n}](/uploads/" in note.body for n in ("roc_curve", "feature_importance")) \
+        == 2 and note.body.count("](/uploads/") == MAX_FIGURES
+    summary = f"{WEB}/-/jobs/10020/artifacts/file/reports/summary.md"
+    assert f"… and {5000 - MAX_TABLE_ROWS} more cases (of 5000): see [summary.md of " \
+           f"train-cpu]({summary})." in note.body
+    assert f"… {10_000 - MAX_FIGURES} more figures (at most {MAX_FIGURES} are shown, failed " \
+           "cases' first)" in note.body
+    # The table shows the failed cases first, each once.
+    rows = [line for line in note.body.splitlines() if line.startswith("| training_example")]
+    assert len(rows) == MAX_TABLE_ROWS and all("❌" in row for row in rows)
+
+
 def test_only_a_job_token_says_it_cannot_post(mr: GitLabStandIn, tmp_path: Path) -> None:
     reports = write_reports(tmp_path / "reports", [train_case()])
     env = ci_env(mr, CI_MERGE_REQUEST_IID="7", REPO_TOKEN="", CI_JOB_TOKEN=mr.job_token)
