@@ -525,24 +525,24 @@ def verdict(results: Iterable[CaseResult]) -> str:
 
 def gates_summary(results: Iterable[CaseResult]) -> str:
     """Every gate of ``results`` by state: "2 gates passed, 1 not checked (no release yet)",
-    "1 failed, 3 gates passed"; "" when they have none. Not checked is counted on its own,
+    "1 gate failed, 3 passed"; "" when they have none. Not checked is counted on its own,
     with why, never among the passed."""
     checks = [c for r in results for c in r.thresholds]
     if not checks:
         return ""
     tally = gate_counts(checks)
     parts = []
-    if tally["failed"]:
-        parts.append(f"{tally['failed']} failed")
-    if tally["passed"]:
-        parts.append(f"{tally['passed']} {'gate' if tally['passed'] == 1 else 'gates'} passed")
-    if tally[NOT_CHECKED]:
-        reasons = list(dict.fromkeys(not_checked_reason(c.reason) for c in checks
-                                     if not c.checked))
-        why = reasons[0] + ("; …" if len(reasons) > 1 else "")
-        noun = "" if tally["passed"] or tally["failed"] else (
-            " gate" if tally[NOT_CHECKED] == 1 else " gates")
-        parts.append(f"{tally[NOT_CHECKED]}{noun} not checked ({md_cell(why)})")
+    for state in ("failed", "passed", NOT_CHECKED):
+        n = tally[state]  # type: ignore[index]
+        if not n:
+            continue
+        noun = "" if parts else (" gate" if n == 1 else " gates")
+        text = f"{n}{noun} {state}"
+        if state == NOT_CHECKED:
+            reasons = list(dict.fromkeys(not_checked_reason(c.reason) for c in checks
+                                         if not c.checked))
+            text += f" ({md_cell(reasons[0] + ('; …' if len(reasons) > 1 else ''))})"
+        parts.append(text)
     return ", ".join(parts)
 
 

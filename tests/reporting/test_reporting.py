@@ -430,7 +430,8 @@ def test_summary_puts_the_verdict_first_and_is_safe_to_post() -> None:
     )
     lines = text.splitlines()
     assert lines[0] == "# nbgate summary"
-    assert lines[2] == "**❌ 1 failed · ✅ 1 passed · ⏭ 1 skipped** — 3 cases"
+    assert lines[2] == ("**❌ 1 failed · ✅ 1 passed · ⏭ 1 skipped** — 3 cases; gates: 2 gates "
+                        "failed, 2 passed")
     assert "The session was interrupted" in text and "1 did not run: notebooks/c.ipynb" in text
     assert text.count("No baseline:") == 1
     assert "| [run](https://mlflow/#/runs/abc123) |" in text  # the MLflow column
