@@ -7,6 +7,9 @@
 #     throwaway cluster of its own on loopback (an Optuna study shared by two training processes,
 #     an MLflow server on PostgreSQL). Only the binaries are wanted: no default cluster is made,
 #     and nothing is started here. A fresh machine spends ~30 s on it (47 MB of packages).
+#   - Chromium and a colour emoji font (Debian packages `chromium`, `fonts-noto-color-emoji`):
+#     tests/reporting/test_failure_corpus.py renders the MR comment's preview headless and
+#     measures its tables against GitLab's 1000 px note column, the marks drawn as emoji.
 # Idempotent: when everything is already in place it only checks and exits (well under a second).
 # Meant to run as root (CI, the dev container); apt-get needs it, npm does not.
 set -euo pipefail
@@ -58,6 +61,8 @@ if ! have_postgres; then
         || true
     missing+=(postgresql)
 fi
+command -v chromium >/dev/null || missing+=(chromium)
+[[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
 # npm is only needed to install gitlab-ci-local; any npm installs the private Node 22.
 if ! have_gcl && ! command -v npm >/dev/null; then
     missing+=(npm)
@@ -83,4 +88,4 @@ have_postgres || {
 pg_bin="$(compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" | sort -V | tail -n 1 || true)"
 pg_bin="${pg_bin:-$(command -v pg_ctl)}"
 
-echo "install-tools: rsync $(rsync --version | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'), node $("$BIN/node" --version), gitlab-ci-local $GCL_VERSION in $BIN, $("$pg_bin" --version)"
+echo "install-tools: rsync $(rsync --version | sed -n '1s/^rsync *version \([^ ]*\).*/\1/p'), $(chromium --version 2>/dev/null | head -n 1), node $("$BIN/node" --version), gitlab-ci-local $GCL_VERSION in $BIN, $("$pg_bin" --version)"

@@ -18,7 +18,7 @@ from nbgate.contract.redact import Redactor
 from nbgate.execute import RunRequest, execute, prepare
 from nbgate.fingerprint import case_fingerprint
 from nbgate.kernels import KernelPool, kernel_environment
-from nbgate.thresholds import evaluate, not_finite
+from nbgate.thresholds import NO_BASELINE, evaluate, not_finite
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class CaseSpec:
     thresholds: tuple[Threshold, ...] = ()
     baseline: Mapping[str, float] | None = None  # production's metrics for baseline rules
     require_baseline: bool = False  # an unchecked baseline rule fails
+    no_baseline: str = NO_BASELINE  # why ``baseline`` is None: a not-checked gate says it
     timeout: float = 900.0
     outputs: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()  # declared inputs, hashed into the fingerprint
@@ -162,7 +163,7 @@ class CaseRunner:
         figures = {redactor.name(name): png for name, png in recorded.figures.items()}
         result.figures = self._write_figures(spec, figures)
         result.thresholds = evaluate(spec.thresholds, result.metrics, spec.baseline,
-                                     spec.require_baseline)
+                                     spec.require_baseline, spec.no_baseline)
         result.failure = execution.failure or _threshold_failure(result.thresholds, metrics)
         if result.failure is not None:
             result.failure = Failure(**redactor.deep(vars(result.failure)))
@@ -206,7 +207,7 @@ def _threshold_failure(
 ) -> Failure | None:
     """Violated rules, and recorded metrics that are NaN or infinite even without a rule:
     such a value is no measurement, and reports can only show it as null."""
-    violated = [c for c in checks if not c.passed]
+    violated = [c for c in checks if c.failed]
     ruled = {c.metric for c in checks}
     not_finite_metrics = [
         f"{name} {not_finite(value)}"

@@ -146,15 +146,15 @@ async def _run_cells(nb: NotebookNode, kernel: Kernel, request: RunRequest) -> F
     except CellTimeoutError:
         return _located(
             nb, index, "timeout",
-            f"timed out after {request.timeout:g} s in {cell_label(nb, index)}",
+            f"timed out after {request.timeout:g} s in {cell_name(nb, index)}",
         )
     except DeadKernelError:
         return _located(
             nb,
             index,
             "kernel_died",
-            f"kernel died in {cell_label(nb, index)} "
-            "(the process exited: os._exit, a crash or out of memory)",
+            f"kernel died in {cell_name(nb, index)} "
+            "(the process exited by os._exit, a crash or out of memory)",
         )
     return None
 
@@ -186,6 +186,11 @@ def _exited_cleanly(cell: Any) -> bool:
     return not _errors(cell) and any(
         o.get("output_type") == "error" and _is_clean_exit(o) for o in outputs
     )
+
+
+def cell_name(nb: NotebookNode, index: int) -> str:
+    """The cell in a one-line cause: ``cell 3`` (``cell_label`` explains how it is counted)."""
+    return cell_label(nb, index).split(" (", 1)[0]
 
 
 def cell_label(nb: NotebookNode, index: int) -> str:
@@ -222,7 +227,7 @@ def cell_failure(
     error (``reply``, a CellExecutionError); a UsageError from a %magic has only the latter.
     ``after_code``: the code itself finished and the error output came afterwards."""
     cell = nb.cells[index]
-    where = cell_label(nb, index)
+    where = cell_name(nb, index)
     errors = _errors(cell)
     if errors:
         error = errors[0]
@@ -243,6 +248,7 @@ def cell_failure(
         kind="cell_error",
         message=f"{ename} in {where}{after}: {first_line}".rstrip(": "),
         cell_index=index,
+        cell=cell_label(nb, index),
         source=source_excerpt(cell.source, _failing_line(traceback, cell.source)),
         exception=f"{ename}: {evalue}" if evalue else ename,
         traceback=traceback or None,
@@ -255,6 +261,7 @@ def _located(nb: NotebookNode, index: int, kind: str, message: str) -> Failure:
         kind=kind,
         message=message,
         cell_index=index if index >= 0 else None,
+        cell=cell_label(nb, index),
         source=source_excerpt(source) if source else None,
     )
 

@@ -258,14 +258,16 @@ class Service:
                 "artifact_uri": created.info.artifact_uri}
 
     def _finish(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, Param, RunTag
 
         client = conn.store.client  # type: ignore[union-attr]
         run_id = request["run_id"]
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(value), now, 0) for name, value in request["metrics"]]
         tags = [RunTag(k, v) for k, v in (request.get("tags") or {}).items()]
-        client.log_batch(run_id, metrics=metrics, tags=tags)
+        # A run created ahead of its case gets its params (what was injected) here.
+        params = [Param(k, v) for k, v in (request.get("params") or {}).items()]
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
         with tempfile.TemporaryDirectory(prefix="nbgate-artifacts-") as scratch:
             for path, name in request.get("artifacts") or []:
                 client.log_artifact(run_id, _named(path, name, scratch))

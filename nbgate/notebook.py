@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import difflib
 import json
 import math
 from collections.abc import Sequence
@@ -154,27 +155,37 @@ def resolve_parameters(
         given = "; ".join(f"{s.name}: {', '.join(sorted(s.values))}" for s in required)
         raise NotebookProblem(
             "parameters",
-            f"{notebook} has no cell tagged 'parameters', but parameters are injected "
+            f"the notebook has no cell tagged 'parameters', but parameters are injected "
             f"({given}); tag the cell that holds their defaults "
             "(in Jupyter: View > Cell Toolbar > Tags, add 'parameters')",
         )
     for source in required:
         unknown = sorted(set(source.values) - (declared or set()))
         if unknown:
-            plural = "s" if len(unknown) > 1 else ""
-            verb = "are" if len(unknown) > 1 else "is"
-            raise NotebookProblem(
-                "parameters",
-                f"{notebook}: {source.name} parameter{plural} {', '.join(unknown)} {verb} not "
-                f"defined in the 'parameters' cell (it defines: "
-                f"{', '.join(sorted(declared or ())) or 'nothing'})",
-            )
+            raise NotebookProblem("parameters", unknown_parameters(source.name, unknown,
+                                                                   declared or set()))
     injected: dict[str, Any] = {}
     for source in sources:
         for name, value in source.values.items():
             if source.required or (declared is not None and name in declared):
                 injected[name] = value
     return injected
+
+
+def unknown_parameters(source: str, unknown: Sequence[str], declared: set[str]) -> str:
+    """The cause in one line, the likely fix first: "unknown pipeline parameter learning_rat
+    (did you mean learning_rate?); the 'parameters' cell defines: device, learning_rate". The
+    notebook is not named: the case it fails already says which."""
+    plural = "s" if len(unknown) > 1 else ""
+    guesses = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(declared), n=1)
+        if close:
+            guesses.append(f"{name} → {close[0]}" if len(unknown) > 1 else close[0])
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    defines = ", ".join(sorted(declared)) or "nothing"
+    return (f"unknown {source} parameter{plural} {', '.join(unknown)}{hint}; the 'parameters' "
+            f"cell defines: {defines}")
 
 
 @dataclass

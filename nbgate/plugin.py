@@ -37,7 +37,7 @@ from nbgate.contract.session import SessionResults, session_key
 from nbgate.contract.text import clean_text
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
-from nbgate.thresholds import parse_threshold
+from nbgate.thresholds import NO_BASELINE, parse_threshold
 from nbgate.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 
 SESSION_KEY = "nbgate_session"  # in xdist's workerinput: the controller's session id
@@ -55,6 +55,7 @@ class NbgateState:
     cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
     baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
+    baseline_problem: str | None = None  # why --nbgate-baseline could not be read
     session_id: str = ""  # one per pytest session; xdist workers share the controller's
 
     def spec_for(self, case: Case) -> CaseSpec:
@@ -71,6 +72,7 @@ class NbgateState:
             thresholds=pipeline.thresholds,
             baseline=self.baseline_for(case),
             require_baseline=self.require_baseline,
+            no_baseline=self.why_no_baseline(),
             timeout=pipeline.timeout,
             outputs=pipeline.outputs,
             inputs=pipeline.inputs,
@@ -84,6 +86,14 @@ class NbgateState:
         probe = CaseResult(case.id, case.pipeline.notebook, case.pipeline.kind, case.runner.name,
                            "passed")
         return baseline_metrics(probe, self.baselines)
+
+    def why_no_baseline(self) -> str:
+        """What a not-checked baseline rule says when its case has no baseline."""
+        if self.baseline_problem:
+            return "the baseline could not be read"
+        if self.baselines:
+            return "the baseline has no case of this notebook"
+        return NO_BASELINE
 
 
 state_key = pytest.StashKey[NbgateState]()
@@ -177,7 +187,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session_id=session_id,
     )
     config.stash[state_key] = state
-    baseline_problem = _load_baselines(config, state)
+    baseline_problem = state.baseline_problem = _load_baselines(config, state)
     if not hasattr(config, "workerinput"):  # xdist workers hand their results to the controller
         gathered = config.stash[session_key] = SessionResults(
             root, reports, baselines=state.baselines, baseline_problem=baseline_problem,

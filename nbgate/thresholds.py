@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from nbgate.contract.model import NEGATED, Rule, Threshold, ThresholdCheck
+from nbgate.contract.model import NEGATED, NOT_CHECKED, Rule, Threshold, ThresholdCheck
 from nbgate.contract.text import fmt_number
 
 _GAP = {">=": "short", ">": "short", "<=": "over", "<": "over", "==": "off"}
@@ -16,12 +16,20 @@ def parse_threshold(metric: str, text: object) -> Threshold:
     return Threshold(metric, Rule.parse(text))
 
 
+NO_BASELINE = "no baseline given"
+NOT_IN_BASELINE = "the baseline did not record it"
+
+
 def check(
     threshold: Threshold,
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None,
     require_baseline: bool = False,
+    no_baseline: str = NO_BASELINE,
 ) -> ThresholdCheck:
+    """One rule against the recorded ``metrics``: passed, failed, or (a baseline rule with no
+    baseline) not checked, which ``require_baseline`` turns into a failure. ``no_baseline`` says
+    why there is no baseline ("no release yet"): a not-checked gate carries it."""
     metric, rule = threshold.metric, threshold.rule
     if metric not in metrics:
         recorded = ", ".join(sorted(metrics)) or "nothing"
@@ -32,11 +40,11 @@ def check(
     base = baseline.get(metric) if baseline is not None and rule.uses_baseline else None
     bound = rule.bound(base)
     if bound is None:
-        why = "no baseline" if baseline is None else "the baseline did not record it"
+        why = no_baseline if baseline is None else NOT_IN_BASELINE
         if require_baseline:
             return ThresholdCheck(metric, rule, value, False,
-                                  f"not checked: {why} (--nbgate-require-baseline)", checked=False)
-        return ThresholdCheck(metric, rule, value, True, f"not checked: {why}", checked=False)
+                                  f"{NOT_CHECKED}: {why} (--nbgate-require-baseline)")
+        return ThresholdCheck(metric, rule, value, None, f"{NOT_CHECKED}: {why}")
     if rule.holds(value, bound):
         return ThresholdCheck(metric, rule, value, True, bound=bound, baseline=base)
     # "0.9914 < 0.9999 (short by 0.0085)": the value, the bound it missed and by how much.
@@ -57,6 +65,8 @@ def evaluate(
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None = None,
     require_baseline: bool = False,
+    no_baseline: str = NO_BASELINE,
 ) -> list[ThresholdCheck]:
-    """Check every rule; ``baseline`` holds the production model's metrics when known."""
-    return [check(t, metrics, baseline, require_baseline) for t in thresholds]
+    """Check every rule; ``baseline`` holds the production model's metrics when known, else
+    ``no_baseline`` says why not."""
+    return [check(t, metrics, baseline, require_baseline, no_baseline) for t in thresholds]

@@ -384,6 +384,9 @@ class _CaseTracking:
     experiment_id: str | None = None
     artifact_uri: str | None = None
     problems: list[str] = field(default_factory=list)
+    # What was injected, when the run was created ahead of the case (before the notebook was
+    # read, so before anyone knew): logged when the case finishes.
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class Tracker:
@@ -504,6 +507,8 @@ class Tracker:
             number = self._ahead.pop(spec.case_id, None)
             if number is None:
                 number = helper.send(self._start_request(spec, redactor))
+            else:
+                state.params = self._params(spec, redactor)
             reply = helper.reply(number)
         except HelperError as exc:
             reply = {"ok": False, "error": str(exc)}
@@ -571,7 +576,8 @@ class Tracker:
             return
         with contextlib.suppress(HelperError):
             helper = self.helper()
-            self._ahead[spec.case_id] = helper.send(self._start_request(spec, self._redactor({})))
+            self._ahead[spec.case_id] = helper.send(
+                self._start_request(spec, self._redactor({}), ahead=True))
 
     def _spec_of(self, item: pytest.Item | None) -> CaseSpec | None:
         if item is None or self._config is None:
@@ -585,17 +591,26 @@ class Tracker:
             return None  # skipped before it would run
         return get_state(self._config).spec_for(item.case)
 
-    def _start_request(self, spec: CaseSpec, redactor: Redactor) -> dict[str, Any]:
-        params = mlflow_params(dict(spec.parameters))
+    def _start_request(
+        self, spec: CaseSpec, redactor: Redactor, *, ahead: bool = False
+    ) -> dict[str, Any]:
+        """The run's creation. Params are what the case injected (``spec.parameters`` once the
+        notebook was read: pipeline, runner and CI parameters it defines); a run created ahead
+        of its case has none yet, the finish logs them."""
         return {
             "op": "start",
             "experiment": mlflow_name(redactor, experiment_name(spec)),
             "run_name": redactor.text(spec.case_id),
             "tags": {k: clip(redactor.text(v), TAG_VALUE_LIMIT)
                      for k, v in self.start_tags(spec).items()},
-            "params": {mlflow_name(redactor, k): clip(redactor.text(v), PARAM_VALUE_LIMIT)
-                       for k, v in params.items()},
+            "params": {} if ahead else self._params(spec, redactor),
         }
+
+    @staticmethod
+    def _params(spec: CaseSpec, redactor: Redactor) -> dict[str, str]:
+        params = mlflow_params(dict(spec.parameters))
+        return {mlflow_name(redactor, k): clip(redactor.text(v), PARAM_VALUE_LIMIT)
+                for k, v in params.items()}
 
     def _finish_request(
         self, run: CaseRun, result: CaseResult, state: _CaseTracking, redactor: Redactor
@@ -637,7 +652,8 @@ class Tracker:
                 "artifacts": [(path, name) for name, path in outputs.items()],
             }
         return {"op": "finish", "run_id": state.run_id, "metrics": list(metrics.items()),
-                "tags": tags, "artifacts": artifacts, "status": status, "register": register}
+                "params": state.params, "tags": tags, "artifacts": artifacts, "status": status,
+                "register": register}
 
     def _fresh_outputs(self, result: CaseResult, state: _CaseTracking) -> list[Path]:
         """Declared outputs this run wrote: a file left from an earlier run is not this model."""

@@ -81,6 +81,23 @@ class Baseline:
                       for r in runs)
         return cls(parts) if parts else None
 
+    @classmethod
+    def recorded(cls, compared: Iterable[tuple[CaseResult, Mapping[str, Any]]]) \
+            -> Baseline | None:
+        """The baseline a run recorded in its metrics.json: each case with what it was compared
+        with (where from, and the baseline's ``metrics`` for that case)."""
+        parts: dict[BaselineInfo, list[CaseResult]] = {}
+        for result, record in compared:
+            metrics = record.get("metrics")
+            if not isinstance(metrics, Mapping):
+                continue
+            base = CaseResult(result.case_id, result.notebook, result.kind, result.runner,
+                              "passed", metrics={str(k): math.nan if v is None else float(v)
+                                                 for k, v in metrics.items()})
+            parts.setdefault(BaselineInfo.from_dict(record), []).append(base)
+        return cls(tuple((info, tuple(cases)) for info, cases in parts.items())) if parts \
+            else None
+
     def match(self, result: CaseResult) -> tuple[BaselineInfo, CaseResult] | None:
         for info, cases in self.parts:
             case = counterpart(result, cases)

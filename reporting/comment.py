@@ -15,7 +15,7 @@ import json
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
@@ -24,10 +24,13 @@ from nbgate.contract.model import CaseResult, case_labels, preferred
 from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
 from reporting.markdown import (
+    FAIL_MARK,
     counts,
     failure_details,
     figures_markdown,
+    first_clause,
     fmt_rule,
+    gates_summary,
     is_web_url,
     link,
     md_cell,
@@ -38,8 +41,14 @@ from reporting.markdown import (
 )
 
 KIND_WORDS = {"train": "Training", "score": "Scoring"}
-MAX_TABLE_ROWS = 100  # more cases: the rest is in summary.md; GitLab's limit is 1,000,000 chars
+# GitLab refuses a note longer than 1,000,000 characters (MAX_TEXT_SIZE_LIMIT in
+# lib/gitlab/database.rb, checked by Note's `validates :note, length: {maximum: ...}`). Every
+# part of the body below is capped so that the whole stays well below it at any number of cases:
+# the rest is in summary.md, linked from the comment.
+NOTE_LIMIT = 1_000_000
+MAX_TABLE_ROWS = 100  # cases in the table (failed first); their links and causes likewise
 MAX_FAILURE_BLOCKS = 10
+MAX_FIGURES = 100  # images in the comment (failed cases' first), and so uploads per comment
 MAX_STATE_CHARS = 200_000  # above this the state is left out (jobs then overwrite each other)
 _STATE_PREFIX = "<!-- nbgate:state "
 _STATE_SUFFIX = " -->"
@@ -192,7 +201,17 @@ def _number(value: Any) -> float | None:
 
 
 def render_comment(data: CommentData) -> str:
-    """The whole note body, safe to post (no line starts with "/", cells escaped)."""
+    """The whole note body, safe to post (no line starts with "/", cells escaped), under
+    GitLab's note limit however many cases there are."""
+    body = _render(data, with_state=True)
+    if len(body) > NOTE_LIMIT:
+        body = _render(data, with_state=False)  # the jobs of a pipeline then overwrite
+    if len(body) > NOTE_LIMIT:  # not reached by the caps above; a last guard, never a 400
+        body = body[: NOTE_LIMIT - 200].rsplit("\n", 1)[0] + "\n\n… (cut: see summary.md)\n"
+    return body
+
+
+def _render(data: CommentData, *, with_state: bool) -> str:
     results = [c.result for c in data.cases]
     comparison = comparison_of(data.cases)
     parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
@@ -203,30 +222,73 @@ def render_comment(data: CommentData) -> str:
     shown = _table_rows(results)
     labels = case_labels(results)
     if results:
-        parts.append(results_tables(shown, comparison=comparison,
-                                    case_label=lambda r: labels[r.case_id]))
+        # No causes or links inside the table, so that it fits GitLab's 1000 px note column;
+        # the causes follow it, the links are in "Links and context".
+        parts.append(results_tables(shown, comparison=comparison, run_link=False,
+                                    case_label=lambda r: labels[r.case_id], reason_limit=0))
         if len(shown) < len(results):
-            parts.append(f"… and {len(results) - len(shown)} more cases: see summary.md in the "
-                         "job artifacts.")
+            parts.append(f"… and {len(results) - len(shown)} more cases (of {len(results)}): "
+                         f"see {_summary_links(data.cases)}.")
     parts.append(_study_text(results))
     parts.append(_baseline_text(data))
     # How a case failed comes before the figures, which are large and push it out of view.
     failed = [r for r in results if r.outcome == "failed"]
     parts += [failure_details(r, max_chars=3000) for r in failed[:MAX_FAILURE_BLOCKS]]
     if len(failed) > MAX_FAILURE_BLOCKS:
-        parts.append(f"… {len(failed) - MAX_FAILURE_BLOCKS} more failed cases: see junit.xml.")
-    links = {path: link for c in data.cases for path, link in c.figures.items()}
-    figures = figures_markdown([r for r in results if r.figures and
-                                any(p in links for p in r.figures.values())],
-                               lambda p: links.get(p, p), lambda r: labels[r.case_id])
-    if figures:
-        parts.append(figures)
-    parts.append(_links(data))
+        parts.append(f"… {len(failed) - MAX_FAILURE_BLOCKS} more failed cases: see "
+                     f"{_summary_links(data.cases)}.")
+    parts.append(_figures(data, labels))
+    parts.append(_links(data, {r.case_id for r in shown}))
     parts.append(_footer(data.pipeline))
-    state = encode_state(data)
+    state = encode_state(data) if with_state else ""
     if state:
         parts.append(state)
     return md_safe("\n\n".join(p for p in parts if p)) + "\n"
+
+
+def shown_figures(cases: Sequence[CommentCase]) -> list[tuple[CommentCase, str, str]]:
+    """The figures the comment shows, (case, name, path): failed cases' first, at most
+    ``MAX_FIGURES``. Only these are uploaded."""
+    ordered = sorted(cases, key=lambda c: c.result.outcome != "failed")  # stable: failed first
+    chosen = [(case, name, path) for case in ordered
+              for name, path in case.result.figures.items()]
+    return chosen[:MAX_FIGURES]
+
+
+def _figures(data: CommentData, labels: Mapping[str, str]) -> str:
+    chosen = shown_figures(data.cases)
+    paths: dict[str, dict[str, str]] = {}
+    for case, name, path in chosen:
+        if path in case.figures:
+            paths.setdefault(case.result.case_id, {})[name] = path
+    links = {path: url for c in data.cases for path, url in c.figures.items()}
+    cases = {c.result.case_id: c.result for c, _, _ in chosen}
+    shown = [replace(cases[case_id], figures=figures) for case_id, figures in paths.items()]
+    text = figures_markdown(shown, lambda p: links.get(p, p), lambda r: labels[r.case_id])
+    total = sum(len(c.result.figures) for c in data.cases)
+    if text and total > len(chosen):
+        text += (f"\n\n… {total - len(chosen)} more figures (at most {MAX_FIGURES} are shown, "
+                 f"failed cases' first): see {_summary_links(data.cases)}.")
+    return text
+
+
+def _summary_links(cases: Sequence[CommentCase]) -> str:
+    """Links to each job's full summary.md artifact, "summary.md in the job artifacts" when the
+    jobs are not known. The reports folder is where the case's executed notebook lives
+    (``<reports>/notebooks/…``), as the job that ran it kept it."""
+    links: dict[str, str] = {}
+    for case in cases:
+        path = case.result.executed_notebook or ""
+        folder, found, _ = path.rpartition("notebooks/")
+        if not (found and is_web_url(case.job_url) and case.job_name):
+            continue
+        links.setdefault(case.job_name, f"{(case.job_url or '').rstrip('/')}/artifacts/file/"
+                                        f"{folder}summary.md")
+    if not links:
+        return "summary.md in the job artifacts"
+    shown = [link(f"summary.md of {name}", url) for name, url in list(links.items())[:20]]
+    more = f" and {len(links) - 20} more jobs" if len(links) > 20 else ""
+    return ", ".join(shown) + more
 
 
 def _table_rows(results: Sequence[CaseResult]) -> list[CaseResult]:
@@ -244,7 +306,9 @@ def headline(
     comparison: Comparison,
     baselines: Sequence[BaselineInfo] = (),
 ) -> str:
-    """"### ✅ Training passed — 1 case, roc_auc 0.9931 (≥ 0.95), +0.0042 vs main"."""
+    """"### ✅ Training passed — 1 case, 2 gates passed, 1 not checked (no release yet);
+    roc_auc 0.9931 (≥ 0.95), +0.0042 ▲ vs release 1.0.0"; for a failed run the failing case's
+    cause: "### ❌ Training failed — 1 of 1 case failed: ValueError in cell 6: bad input"."""
     word = KIND_WORDS.get(kind, kind.title())
     tally = counts(results)
     total = len(results)
@@ -252,34 +316,40 @@ def headline(
     if not results:
         return f"### {overall_mark(results)} {word}: no cases reported"
     if tally["failed"]:
-        status = "failed"
+        failed = [r for r in results if r.outcome == "failed"]
         summary = f"{tally['failed']} of {total} {noun} failed"
-    elif tally["passed"]:
+        cause = _failed_cause(failed[0], comparison, baselines)
+        if total == 1:
+            return f"### {FAIL_MARK} {word} failed — {summary}: {cause}"
+        label = case_labels(results)[failed[0].case_id]
+        return f"### {FAIL_MARK} {word} failed — {summary}, first {md_cell(label)}: {cause}"
+    if tally["passed"]:
         status = "passed"
         summary = f"{total} {noun}"
         if tally["skipped"]:
             summary = f"{tally['passed']} passed, {tally['skipped']} skipped"
+        gates = gates_summary([r for r in results if r.outcome == "passed"])
+        if gates:
+            summary += f", {gates}"
     else:
         status = "skipped"
         summary = f"{total} {noun} skipped"
         reason = next((r.skip_reason for r in results if r.skip_reason), None)
         if reason:
-            summary += f": {md_cell(short_reason(reason))}"
+            summary += f": {md_cell(first_clause(reason))}"
     text = f"### {overall_mark(results)} {word} {status} — {summary}"
     key = _key_metric(results, comparison, baselines)
-    return f"{text}, {key}" if key else text
+    return f"{text}; {key}" if key else text
 
 
 def _key_metric(
     results: Sequence[CaseResult], comparison: Comparison, baselines: Sequence[BaselineInfo]
 ) -> str:
-    """The one number a reviewer wants: for a failed run the first violated rule (or the error),
-    else the first gated metric of the best case, with its change against the baseline."""
-    failed = [r for r in results if r.outcome == "failed"]
-    if failed:
-        return _failed_metric(failed[0], comparison, baselines)
+    """The one number a reviewer wants for a run that passed: the first gated metric whose gate
+    was checked (a rule that was not checked is no evidence), else the first recorded metric, of
+    the best case, with its change against the baseline."""
     ran = [r for r in results if r.outcome == "passed"]
-    gated = [c for r in ran for c in r.thresholds]
+    gated = [c for r in ran for c in r.thresholds if c.checked]
     recorded = [m for r in ran for m in r.metrics]
     rule = gated[0].rule if gated else None
     name = gated[0].metric if gated else (recorded[0] if recorded else None)
@@ -294,13 +364,16 @@ def _key_metric(
     return text + _delta(best, name, comparison, baselines)
 
 
-def _failed_metric(
+def _failed_cause(
     first: CaseResult, comparison: Comparison, baselines: Sequence[BaselineInfo]
 ) -> str:
-    check = next((c for c in first.thresholds if not c.passed), None)
-    if check is None:
-        message = first.failure.message if first.failure else "failed"
-        return md_cell(short_reason(message, 80))
+    """The cause of a failed case: its failure message ("ValueError in cell 6: bad input"),
+    or for violated rules the first one with its gap and change. A side effect of an error (a
+    metric the failing cell never recorded) never stands in for it."""
+    failure = first.failure
+    check = next((c for c in first.thresholds if c.failed), None)
+    if check is None or (failure is not None and failure.kind != "thresholds"):
+        return md_cell(short_reason(failure.message if failure else "failed", 160))
     # "roc_auc 0.9914 < 0.9999 (short by 0.0085)": the rule it broke and by how much.
     return md_cell(f"{check.metric} {check.reason}") + _delta(first, check.metric, comparison,
                                                                baselines)
@@ -349,9 +422,12 @@ def _baseline_text(data: CommentData) -> str:
     return "  \n".join(lines)
 
 
-def _links(data: CommentData) -> str:
+def _links(data: CommentData, shown: set[str]) -> str:
+    """Pipeline, jobs and commit; the MLflow run and executed notebook of each case ``shown`` in
+    the table (the others' are in summary.md)."""
     ctx = data.pipeline
     labels = case_labels(c.result for c in data.cases)
+    cases = [c for c in data.cases if c.result.case_id in shown]
     lines = []
     bits = []
     if ctx.pipeline_id:
@@ -359,17 +435,19 @@ def _links(data: CommentData) -> str:
     jobs = {c.job_name: c.job_url for c in data.cases if c.job_name}
     if jobs:
         label = "job" if len(jobs) == 1 else "jobs"
-        bits.append(f"{label} " + ", ".join(link(n, u) for n, u in jobs.items()))
+        named = list(jobs.items())[:MAX_TABLE_ROWS]
+        more = f" and {len(jobs) - len(named)} more" if len(jobs) > len(named) else ""
+        bits.append(f"{label} " + ", ".join(link(n, u) for n, u in named) + more)
     if ctx.commit_sha or ctx.commit_short_sha:
         bits.append(f"commit `{md_cell((ctx.commit_short_sha or ctx.commit_sha or '')[:8])}`")
     if bits:
         lines.append("- " + ", ".join(bits))
-    for case in data.cases:
+    for case in cases:
         tracking = case.result.tracking
         if tracking is not None and tracking.url:
             lines.append(f"- MLflow run: {link(labels[case.result.case_id], tracking.url)}")
     notebooks = []
-    for case in data.cases:
+    for case in cases:
         path = case.result.executed_notebook
         if not path:
             continue

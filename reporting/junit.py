@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from nbgate.contract.failure_text import render_failure
-from nbgate.contract.model import CaseResult
+from nbgate.contract.model import CaseResult, not_checked_reason
 from nbgate.contract.text import clean_text
 from reporting.markdown import fmt_rule
 
@@ -43,9 +43,9 @@ def _properties(result: CaseResult) -> list[tuple[str, str]]:
              ("nbgate.notebook", result.notebook)]
     props += [(f"metric.{name}", _number(value)) for name, value in result.metrics.items()]
     for check in result.thresholds:
-        verdict = "passed" if check.passed else "failed"
-        if not check.passed and check.reason:
-            verdict += f": {check.reason}"
+        verdict = check.state
+        if check.passed is not True and check.reason:
+            verdict = f"{check.reason}" if not check.checked else f"{verdict}: {check.reason}"
         props.append((f"threshold.{check.metric}", f"{fmt_rule(check.rule)} ({verdict})"))
     if result.tracking is not None:
         props += result.tracking.properties()
@@ -84,9 +84,16 @@ def _testcase(result: CaseResult) -> ET.Element:
         # in the element's text too.
         reason = xml_text(result.skip_reason or "skipped")
         ET.SubElement(case, "skipped", {"message": reason}).text = reason
+    # GitLab's widget shows system-out beside the case (the failure's text too): a gate that
+    # was not checked is said there, never as a failure and never as a pass.
+    lines = [f"{check.metric} {fmt_rule(check.rule)}: not checked "
+             f"({not_checked_reason(check.reason)})"
+             for check in result.thresholds if not check.checked]
     if result.executed_notebook:
+        lines.append(f"[[ATTACHMENT|{result.executed_notebook}]]")
+    if lines:
         out = ET.SubElement(case, "system-out")
-        out.text = xml_text(f"[[ATTACHMENT|{result.executed_notebook}]]")
+        out.text = xml_text("\n".join(lines))
     return case
 
 

@@ -10,18 +10,21 @@ Public API (all documented below):
     fmt_delta(value, base)             change against a baseline ("+0.0042", "−0.0010", "±0")
     fmt_duration(seconds)              "41.2 s", "3 min 05 s"
     fmt_rule(rule)                     ">= 0.95" -> "≥ 0.95"
-    threshold_mark(passed)             "✅" / "❌"
-    outcome_label(result)              "✅ passed", "❌ failed: ValueError in cell 7",
+    threshold_mark(check)              "✅" passed / "❌" failed / "➖" not checked
+    outcome_label(result)              "✅ passed", "❌ failed: ValueError in cell 7: bad input",
                                        "⏭ skipped: no CUDA GPU visible"
-    short_reason(text)                 the first clause of a reason, clipped for a table cell
+    short_reason(text)                 a failure's cause on one line, clipped for a table cell
+    first_clause(text)                 the first clause of a skip reason ("no CUDA GPU visible")
+    not_checked_notes(results)         one line per rule that was not checked, with its reason
     md_cell(text)                      text made safe for a markdown table cell
     md_safe(body)                      a whole markdown body made safe to post (no quick actions)
     metric_names(results)              the metric columns, in first-recorded order
-    metric_cell(value, check, delta)   "**0.91** ≥ 0.95 ❌ (−0.0042)"
+    metric_cell(value, check, delta)   "**0.91** ≥ 0.95 ❌ (−0.0042)"; "0.99 ≥ baseline ➖"
     case_table(results, ...)           the case table as GitHub/GitLab markdown (tabulate)
     failure_details(result)            a collapsed <details> block with the failure text
     figures_markdown(results, ...)     image links for recorded figures
     verdict(results)                   "❌ 1 failed · ✅ 2 passed · ⏭ 1 skipped"
+    gates_summary(results)             "2 gates passed, 1 not checked (no release yet)"
     overall_mark(results)              one headline mark: ❌ any failed, ✅ some passed, else ⏭
     counts(results)                    {"failed": n, "passed": n, "skipped": n}
     rule_checks_text(result, ...)      plain-text metrics vs rules (the terminal line)
@@ -43,7 +46,14 @@ from tabulate import tabulate
 
 from nbgate.contract.failure_text import render_failure
 from nbgate.contract.files import display_path
-from nbgate.contract.model import CaseResult, Rule, ThresholdCheck
+from nbgate.contract.model import (
+    NOT_CHECKED,
+    CaseResult,
+    Rule,
+    ThresholdCheck,
+    gate_counts,
+    not_checked_reason,
+)
 from nbgate.contract.text import MISSING, clean_text, fmt_number
 
 if TYPE_CHECKING:
@@ -52,6 +62,8 @@ if TYPE_CHECKING:
 PASS_MARK = "✅"
 FAIL_MARK = "❌"
 SKIP_MARK = "⏭"
+NOT_CHECKED_MARK = "➖"  # a gate that was not checked: neutral, never a pass mark
+GATE_MARKS = {"passed": PASS_MARK, "failed": FAIL_MARK, NOT_CHECKED: NOT_CHECKED_MARK}
 BETTER = "▲"  # a change in the rule's good direction (>=: up)
 WORSE = "▼"
 MINUS = "−"  # U+2212, for deltas as in the design; values keep the ASCII "-" (copy-paste)
@@ -101,28 +113,35 @@ def fmt_rule(rule: Rule) -> str:
     return f"{_RULE_OPS.get(op, op)} {rest}".strip()
 
 
-def threshold_mark(passed: bool) -> str:
-    """The pass/fail mark shown next to a rule: "✅" or "❌"."""
-    return PASS_MARK if passed else FAIL_MARK
+def threshold_mark(check: ThresholdCheck) -> str:
+    """The mark shown next to a rule: "✅" passed, "❌" failed, "➖" not checked."""
+    return GATE_MARKS[check.state]
 
 
 # -- text ------------------------------------------------------------------------------------
 
 
 def short_reason(text: str | None, limit: int = 60) -> str:
-    """The first clause of a reason or failure message, at most ``limit`` characters.
-
-    "no CUDA GPU visible: run it on ..." -> "no CUDA GPU visible";
-    "ValueError in cell 1: bad input" -> "ValueError in cell 1".
+    """A failure's cause on one line, at most ``limit`` characters: its first line, spaces
+    collapsed, clipped with "…". Messages put the cause first ("ValueError in cell 6: bad
+    input", "auc 0.91 < 0.95 (short by 0.04)"), so a clipped one still names it.
     """
     if not text:
         return ""
-    line = " ".join(clean_text(text).split())
+    first = next((line for line in clean_text(text).splitlines() if line.strip()), "")
+    line = " ".join(first.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def first_clause(text: str | None, limit: int = 60) -> str:
+    """The first clause of a skip reason, which says why and then what to do:
+    "no CUDA GPU visible: run it on ..." -> "no CUDA GPU visible"."""
+    line = short_reason(text, 10_000)
     for sep in (": ", "; "):
         cut = line.find(sep)
         if cut >= 8:
             line = line[:cut]
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+    return short_reason(line, limit)
 
 
 def md_cell(text: object) -> str:
@@ -186,17 +205,37 @@ def _html(text: str) -> str:
 def outcome_label(result: CaseResult, *, reason_limit: int = 60) -> str:
     """Mark, outcome and (for failed and skipped cases) the short reason, as plain text.
 
-    "✅ passed", "❌ failed: ValueError in cell 7", "⏭ skipped: no CUDA GPU visible".
-    Pass it through ``md_cell`` before putting it in markdown.
+    "✅ passed", "❌ failed: ValueError in cell 7: bad input", "⏭ skipped: no CUDA GPU visible".
+    ``reason_limit`` 0 leaves the reason out ("❌ failed"). Pass it through ``md_cell`` before
+    putting it in markdown.
     """
     label = f"{OUTCOME_MARKS.get(result.outcome, '?')} {result.outcome}"
-    if result.outcome == "skipped" and result.skip_reason:
-        reason = short_reason(result.skip_reason, reason_limit)
+    reason = ""
+    if reason_limit <= 0:
+        pass
+    elif result.outcome == "skipped" and result.skip_reason:
+        reason = first_clause(result.skip_reason, reason_limit)
     elif result.outcome == "failed" and result.failure:
         reason = short_reason(result.failure.message, reason_limit)
-    else:
-        reason = ""
     return f"{label}: {reason}" if reason else label
+
+
+def not_checked_notes(results: Iterable[CaseResult]) -> list[str]:
+    """One line per rule that some ran case could not check, with why and how many cases:
+    "roc_auc ≥ baseline + 0.05: not checked in 2 cases (no baseline given)". Plain text."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for result in results:
+        if result.outcome == "skipped":
+            continue
+        for check in result.thresholds:
+            if not check.checked:
+                key = (check.metric, fmt_rule(check.rule), not_checked_reason(check.reason))
+                seen[key] = seen.get(key, 0) + 1
+    lines = []
+    for (metric, rule, why), n in seen.items():
+        where = "" if n == 1 else f" in {n} cases"
+        lines.append(f"{metric} {rule}: not checked{where} ({why or 'no reason given'})")
+    return lines
 
 
 def metric_names(results: Iterable[CaseResult]) -> list[str]:
@@ -217,17 +256,22 @@ def metric_cell(
     delta: MetricDelta | None = None,
     *,
     markdown: bool = True,
+    rule: bool = True,
 ) -> str:
     """One metric as shown in a table: value, rule + mark when a rule exists, delta when known.
 
-    "0.9931 ≥ 0.95 ✅ (+0.0042)", "**0.91** ≥ 0.95 ❌", "0.9580 (−0.0010)", "– ≥ 0.95 ❌".
-    A failing value is bold in markdown. With ``markdown=False`` no emphasis is added.
+    "0.9931 ≥ 0.95 ✅ (+0.0042)", "**0.91** ≥ 0.95 ❌", "0.9914 ≥ baseline + 0.05 ➖",
+    "0.9580 (−0.0010)", "– ≥ 0.95 ❌". A failing value is bold in markdown. With
+    ``markdown=False`` no emphasis is added; with ``rule=False`` the rule is left out (the
+    column's header shows it).
     """
     text = fmt_number(value)
     if check is not None:
-        if not check.passed and markdown and value is not None:
+        if check.failed and markdown and value is not None:
             text = f"**{text}**"
-        text += f" {fmt_rule(check.rule)} {threshold_mark(check.passed)}"
+        if rule:
+            text += f" {fmt_rule(check.rule)}"
+        text += f" {threshold_mark(check)}"
     if delta is not None and delta.text:
         text += f" ({delta.text})"
     return text
@@ -253,6 +297,16 @@ def _unbroken(text: str) -> str:
     return text.replace(" ", NBSP)
 
 
+def shared_rules(results: Sequence[CaseResult], names: Sequence[str]) -> dict[str, str]:
+    """Metric -> its rule ("≥ 0.95") when every case of the table gates it with the same rule:
+    the rule then goes in the column's header, once, and the cells stay narrow."""
+    rules: dict[str, set[str]] = {}
+    for result in results:
+        for check in result.thresholds:
+            rules.setdefault(check.metric, set()).add(fmt_rule(check.rule))
+    return {n: next(iter(rules[n])) for n in names if len(rules.get(n, ())) == 1}
+
+
 def case_table(
     results: Sequence[CaseResult],
     *,
@@ -265,20 +319,25 @@ def case_table(
     """The main case table as markdown (tabulate, "github" format; GitLab renders it the same).
 
     Columns: case, outcome, time, one per gated metric (``metrics``, default ``gated_names``)
-    and "MLflow" when ``run_link`` and some result has a tracking run. A metric cell shows the
-    value, its rule and mark, and the change against the baseline (▲ better, ▼ worse) when
-    ``comparison`` knows the case; an absent metric is "–". With more gated metrics than
-    ``MAX_GATED_COLUMNS`` they share one "gates" column, so the table stays narrow. Values never
-    wrap inside themselves. ``case_label`` picks what the case column shows (default: the case
-    id, which names the runner). Returns "" for no results.
+    and "MLflow" when ``run_link`` and some result has a tracking run. A metric's rule is in its
+    header when all cases share it ("roc_auc ≥ 0.95"), else in each cell; a cell shows the
+    value, the gate's mark (✅ passed, ❌ failed, ➖ not checked) and the change against the
+    baseline (▲ better, ▼ worse) when ``comparison`` knows the case; an absent metric is "–".
+    With more gated metrics than ``MAX_GATED_COLUMNS`` they share one "gates" column, so the
+    table stays narrow. Values never wrap inside themselves. ``case_label`` picks what the
+    case column shows (default: the case id, which names the runner); ``reason_limit`` 0 keeps
+    the outcome column to its mark and word (the causes are then shown elsewhere). Returns ""
+    for no results.
     """
     if not results:
         return ""
     names = list(metrics) if metrics is not None else gated_names(results)
     folded = metrics is None and len(names) > MAX_GATED_COLUMNS
+    in_header = {} if folded else shared_rules(results, names)
     label = case_label or (lambda r: r.case_id)
     links = run_link and any(r.tracking for r in results)
-    headers = ["case", "outcome", "time", *(["gates"] if folded else names)]
+    columns = [f"{n} {in_header[n]}" if n in in_header else n for n in names]
+    headers = ["case", "outcome", "time", *(["gates"] if folded else columns)]
     headers += ["MLflow"] if links else []
     rows = []
     for result in results:
@@ -293,7 +352,8 @@ def case_table(
             if skipped or (name not in result.metrics and name not in checks):
                 cells.append(MISSING)
                 continue
-            cell = metric_cell(result.metrics.get(name), checks.get(name), deltas.get(name))
+            cell = metric_cell(result.metrics.get(name), checks.get(name), deltas.get(name),
+                               rule=name not in in_header)
             cells.append(_unbroken(md_cell(f"{name} {cell}" if folded else cell)))
         row += ["<br>".join(c for c in cells if c != MISSING) or MISSING] if folded else cells
         if links:
@@ -350,16 +410,29 @@ def results_tables(
     comparison: Comparison | None = None,
     case_label: Callable[[CaseResult], str] | None = None,
     run_link: bool = True,
+    reason_limit: int = 60,
 ) -> str:
-    """Per pipeline group: the main table (gated metrics), then every other recorded metric in a
-    collapsed table. A heading names the pipeline when there are several groups."""
+    """Per pipeline group: the main table (gated metrics), the gates that were not checked and
+    why, then every other recorded metric in a collapsed table. A heading names the pipeline
+    when there are several groups. ``reason_limit`` 0: the outcome column holds no causes, and
+    each failed case's cause follows its table instead (a narrow table, for the MR comment)."""
     parts = []
     groups = pipeline_groups(results)
+    label = case_label or (lambda r: r.case_id)
     for group in groups:
         if len(groups) > 1:
             parts.append(f"**{md_cell(group[0].notebook or group[0].case_id)}**")
         parts.append(case_table(group, comparison=comparison, case_label=case_label,
-                                run_link=run_link))
+                                run_link=run_link, reason_limit=reason_limit))
+        notes = []
+        if reason_limit <= 0:
+            notes += [f"- {FAIL_MARK} {md_cell(label(r))}: "
+                      f"{md_cell(short_reason(r.failure.message if r.failure else 'failed', 200))}"
+                      for r in group if r.outcome == "failed"]
+            notes += _skip_notes(group, label)
+        notes += [f"- {NOT_CHECKED_MARK} {md_cell(line)}" for line in not_checked_notes(group)]
+        if notes:
+            parts.append("\n".join(notes))
         gated = set(gated_names(group))
         others = [n for n in metric_names(group) if n not in gated]
         detail = details_table(group, others, comparison=comparison, case_label=case_label)
@@ -368,6 +441,21 @@ def results_tables(
             parts.append(f"<details><summary>All recorded metrics ({len(others)} more "
                          f"{noun})</summary>\n\n{detail}\n\n</details>")
     return "\n\n".join(parts)
+
+
+def _skip_notes(results: Sequence[CaseResult], label: Callable[[CaseResult], str]) -> list[str]:
+    """Why cases were skipped, one line per reason: "⏭ a · train[gpu]: no CUDA GPU visible",
+    or "⏭ 12 cases: no CUDA GPU visible" when many share it."""
+    by_reason: dict[str, list[str]] = {}
+    for result in results:
+        if result.outcome == "skipped":
+            why = first_clause(result.skip_reason) or "skipped"
+            by_reason.setdefault(why, []).append(label(result))
+    lines = []
+    for why, labels in by_reason.items():
+        who = ", ".join(labels) if len(labels) <= 3 else f"{len(labels)} cases"
+        lines.append(f"- {SKIP_MARK} {md_cell(who)}: {md_cell(why)}")
+    return lines
 
 
 def run_link_markdown(result: CaseResult) -> str:
@@ -392,7 +480,7 @@ def failure_details(result: CaseResult, *, max_chars: int = 6000) -> str:
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + "\n… (cut; see the executed notebook)"
     body = "\n".join("    " + line if line.strip() else "" for line in text.splitlines())
-    summary = f"{FAIL_MARK} {_html(result.case_id)} — {_html(short_reason(message, 120))}"
+    summary = f"{FAIL_MARK} {_html(result.case_id)} — {_html(short_reason(message, 160))}"
     return f"<details><summary>{summary}</summary>\n\n{body}\n\n</details>"
 
 
@@ -435,6 +523,29 @@ def verdict(results: Iterable[CaseResult]) -> str:
     return " · ".join(parts) or "no cases"
 
 
+def gates_summary(results: Iterable[CaseResult]) -> str:
+    """Every gate of ``results`` by state: "2 gates passed, 1 not checked (no release yet)",
+    "1 gate failed, 3 passed"; "" when they have none. Not checked is counted on its own,
+    with why, never among the passed."""
+    checks = [c for r in results for c in r.thresholds]
+    if not checks:
+        return ""
+    tally = gate_counts(checks)
+    parts = []
+    for state in ("failed", "passed", NOT_CHECKED):
+        n = tally[state]  # type: ignore[index]
+        if not n:
+            continue
+        noun = "" if parts else (" gate" if n == 1 else " gates")
+        text = f"{n}{noun} {state}"
+        if state == NOT_CHECKED:
+            reasons = list(dict.fromkeys(not_checked_reason(c.reason) for c in checks
+                                         if not c.checked))
+            text += f" ({md_cell(reasons[0] + ('; …' if len(reasons) > 1 else ''))})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def overall_mark(results: Iterable[CaseResult]) -> str:
     """❌ when any case failed, ✅ when at least one passed and none failed, else ⏭."""
     tally = counts(results)
@@ -447,10 +558,12 @@ def rule_checks_text(
     result: CaseResult, comparison: Comparison | None = None, *, max_metrics: int = 6
 ) -> str:
     """Plain-text metrics vs rules for one case (the terminal line):
-    "roc_auc 0.9931 ≥ 0.95  log_loss 0.3 ≤ 0.25 ✗ (+0.0100)".
+    "roc_auc 0.9931 ≥ 0.95  log_loss 0.3 ≤ 0.25 ✗ (+0.0100)  f1 0.91 ≥ baseline – not checked
+    (no baseline given)".
 
     Only metrics with a rule are listed; a case without rules lists its first ``max_metrics``
-    recorded metrics. Deltas are added when ``comparison`` knows them.
+    recorded metrics. Deltas are added when ``comparison`` knows them. A rule that held has no
+    mark, a failed one "✗", one not checked says so and why: it never reads as held.
     """
     checks = _checks(result)
     deltas = (comparison or {}).get(result.case_id, {})
@@ -460,7 +573,11 @@ def rule_checks_text(
         text = f"{name} {fmt_number(result.metrics.get(name))}"
         check = checks.get(name)
         if check is not None:
-            text += f" {fmt_rule(check.rule)}" + ("" if check.passed else " ✗")
+            text += f" {fmt_rule(check.rule)}"
+            if check.failed:
+                text += " ✗"
+            elif not check.checked:
+                text += f" – not checked ({not_checked_reason(check.reason)})"
         delta = deltas.get(name)
         if delta is not None and delta.text:
             text += f" ({delta.text})"

@@ -32,6 +32,7 @@ from reporting.comment import (
     is_comment_for,
     merge_previous,
     render_comment,
+    shown_figures,
 )
 from reporting.errors import PublishSkipped, PublishUsageError
 from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
@@ -169,12 +170,18 @@ def _baseline(
     local: str | None,
     root: Path,
 ) -> BaselineLookup:
-    """Production (the newest release of each notebook), or the metrics given locally."""
+    """The metrics given here (``--baseline``, NBGATE_BASELINE), else the baseline the run
+    itself compared with (recorded in its metrics.json: the comment must not contradict the
+    gates it reports), else production (the newest release of each notebook)."""
     if local:
         try:
             return BaselineLookup(Baseline.from_runs(load_baselines(root / local, local)))
         except ResultsFileError as exc:
             return BaselineLookup(None, str(exc))
+    recorded = Baseline.recorded((r, run.baselines[r.case_id]) for run in runs
+                                 for r in run.results if r.case_id in run.baselines)
+    if recorded is not None:
+        return BaselineLookup(recorded)
     if session is None:
         return BaselineLookup(None, "not in GitLab CI and no --baseline given")
     notebooks = [r.notebook for run in runs for r in run.results if r.declared]
@@ -246,21 +253,22 @@ def _with_local_figures(
 def _upload_figures(
     session: GitLabSession, data: CommentData, runs: Sequence[RunReports], echo: Echo
 ) -> None:
+    """Upload the figures the comment shows (``shown_figures``: failed cases' first, capped), so
+    a run of thousands of cases never makes thousands of uploads."""
     files = _figure_files(data, runs)
-    for case in data.cases:
-        for name, path in case.result.figures.items():
-            if path in case.figures:
-                continue  # uploaded by an earlier job of this pipeline
-            local = files.get(path)
-            if local is None:
-                echo(f"figure {name!r} of {case.result.case_id}: {path} not found here; not shown")
-                continue
-            endpoint = session.endpoint("POST", "/uploads")
-            send = partial(session.project.upload, local.name, filepath=str(local))
-            uploaded: Any = session.call(endpoint, send)
-            url = uploaded.get("url") if isinstance(uploaded, dict) else None
-            if isinstance(url, str) and url:
-                case.figures[path] = url
+    for case, name, path in shown_figures(data.cases):
+        if path in case.figures:
+            continue  # uploaded by an earlier job of this pipeline
+        local = files.get(path)
+        if local is None:
+            echo(f"figure {name!r} of {case.result.case_id}: {path} not found here; not shown")
+            continue
+        endpoint = session.endpoint("POST", "/uploads")
+        send = partial(session.project.upload, local.name, filepath=str(local))
+        uploaded: Any = session.call(endpoint, send)
+        url = uploaded.get("url") if isinstance(uploaded, dict) else None
+        if isinstance(url, str) and url:
+            case.figures[path] = url
 
 
 # -- the note --------------------------------------------------------------------------------

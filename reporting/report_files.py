@@ -67,7 +67,8 @@ def write_reports(
         "metrics.json": lambda: dumps_metrics(metrics_document(
             results, pipeline=pipeline,
             baseline=_baseline_record(baseline, results),
-            interrupted=session.interrupted, not_run=not_run, shard=shard)),
+            interrupted=session.interrupted, not_run=not_run, shard=shard,
+            case_baselines=case_baselines(baseline, results))),
         "metrics.txt": lambda: metrics_txt(results),
     }
     links = annotations(results)
@@ -92,6 +93,21 @@ def _baseline_record(baseline: Baseline | None, results: Sequence[CaseResult]) \
         return None
     used = baseline.used_by(results) or baseline.infos
     return used[0].to_dict() if used else None
+
+
+def case_baselines(baseline: Baseline | None, results: Sequence[CaseResult]) \
+        -> dict[str, dict[str, Any]]:
+    """Per case, the baseline it was compared with (where from, and its metrics): metrics.json
+    keeps it, so ``publish mr`` shows the baseline this run used, not whatever is newest."""
+    if baseline is None:
+        return {}
+    found = {}
+    for result in results:
+        match = baseline.match(result)
+        if match is not None and result.outcome != "skipped":
+            info, case = match
+            found[result.case_id] = {**info.to_dict(), "metrics": dict(case.metrics)}
+    return found
 
 
 def annotations(results: Sequence[CaseResult]) -> dict[str, Any] | None:

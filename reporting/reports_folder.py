@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import ResultsFileError, read_metrics
@@ -23,6 +24,8 @@ class RunReports:
     generated_at: str | None = None  # "2026-11-27T06:00:00Z"
     interrupted: bool = False
     not_run: list[str] = field(default_factory=list)
+    # case id -> the baseline the run compared it with, as metrics.json recorded it
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_reports(folders: Sequence[Path]) -> list[RunReports]:
@@ -59,7 +62,7 @@ def _read_run(path: Path) -> RunReports:
     except ResultsFileError as exc:
         raise PublishUsageError(str(exc)) from None
     return RunReports(path.parent, read.pipeline, read.cases, read.generated_at,
-                      read.interrupted, read.not_run)
+                      read.interrupted, read.not_run, read.case_baselines)
 
 
 def results_of_kind(runs: Sequence[RunReports], kind: str) -> list[CaseResult]:

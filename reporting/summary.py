@@ -11,6 +11,7 @@ from reporting.baseline import Baseline, apply_baseline, baseline_line
 from reporting.markdown import (
     failure_details,
     figures_markdown,
+    gates_summary,
     link,
     link_target,
     md_cell,
@@ -41,7 +42,9 @@ def render_summary(
     """
     comparison = apply_baseline(results, baseline)
     noun = "case" if len(results) == 1 else "cases"
-    parts = [f"# nbgate summary\n\n**{verdict(results)}** — {len(results)} {noun}"]
+    gates = gates_summary(r for r in results if r.outcome != "skipped")
+    parts = [f"# nbgate summary\n\n**{verdict(results)}** — {len(results)} {noun}"
+             + (f"; gates: {gates}" if gates else "")]
     if interrupted:
         line = "⚠️ **The session was interrupted**: these reports hold the cases that finished"
         if not_run:
@@ -49,7 +52,7 @@ def render_summary(
         parts.append(line + ".")
     labels = case_labels(results)
     if results:
-        parts.append(results_tables(results, comparison=comparison,
+        parts.append(results_tables(results, comparison=comparison, reason_limit=100,
                                     case_label=lambda r: labels[r.case_id]))
         parts.append(baseline_line(baseline, results, baseline_reason))
     else:

@@ -32,8 +32,9 @@ def case_lines(results: Sequence[CaseResult], comparison: Comparison | None = No
         if rules:
             text += f"  {rules}"
         failure = result.failure
-        if result.outcome == "failed" and failure and failure.kind != "thresholds":
-            text += f"  — {short_reason(failure.message, 100)}"
+        if result.outcome == "failed":
+            # The cause, a violated rule's gap included: the marks above only say which.
+            text += f"  — {short_reason(failure.message if failure else 'failed', 160)}"
         lines.append(text)
     return lines
 

@@ -7,8 +7,11 @@ Schema of the document; readers validate against it, so a bad file is refused na
 
 Schema history: 1 keyed cases by ``case_id`` and kept each threshold as rule text; 2 names the
 key ``id`` (as the product contract does) and keeps each rule as data (operator, amount,
-baseline form); 3 adds each case's ``fingerprint`` (what determined its model, with the parts).
-Versions 1 and 2 are still read (a version 2 case has no fingerprint).
+baseline form); 3 gives a gate three states, ``passed`` true, false or null (not checked, with
+its ``reason``) where 2 had ``passed: true, checked: false``, records per case the baseline it
+was compared with (``baseline``: where from, and its metrics) a failure's ``cell`` (how to
+find the failing cell) and each case's ``fingerprint`` (what determined its model, with the
+parts). Versions 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def case_to_json(result: CaseResult) -> dict[str, Any]:
     for metric, group in result.checks_by_metric().items():
         checks[metric] = {
             "rule": " and ".join(c.rule.text for c in group),
-            "passed": all(c.passed for c in group),
+            "passed": _group_passed(group),
             "value": _finite(group[0].value),
             "checks": [_check_to_json(c) for c in group],
         }
@@ -80,6 +83,14 @@ def case_to_json(result: CaseResult) -> dict[str, Any]:
     }
 
 
+def _group_passed(group: Sequence[ThresholdCheck]) -> bool | None:
+    """A metric's rules together: failed when one failed, else not checked (null) when one was
+    not checked: a half-checked metric is not shown as passed."""
+    if any(c.failed for c in group):
+        return False
+    return None if any(not c.checked for c in group) else True
+
+
 def _check_to_json(check: ThresholdCheck) -> dict[str, Any]:
     return {
         "rule": check.rule.text,
@@ -87,7 +98,6 @@ def _check_to_json(check: ThresholdCheck) -> dict[str, Any]:
         "amount": check.rule.amount,
         "change": check.rule.change,
         "passed": check.passed,
-        "checked": check.checked,
         "bound": _finite(check.bound),
         "baseline": _finite(check.baseline),
         "reason": check.reason,
@@ -95,7 +105,8 @@ def _check_to_json(check: ThresholdCheck) -> dict[str, Any]:
 
 
 def case_from_json(data: Mapping[str, Any]) -> CaseResult:
-    """The inverse of ``case_to_json`` (schema 2 shape). Unknown keys are ignored."""
+    """The inverse of ``case_to_json`` (schema 3 shape; schema 2's checks read the same). Unknown
+    keys are ignored."""
     thresholds = [
         _check_from_json(metric, raw, group.get("value"))
         for metric, group in (data.get("thresholds") or {}).items()
@@ -126,15 +137,19 @@ def case_from_json(data: Mapping[str, Any]) -> CaseResult:
 
 def _check_from_json(metric: str, raw: Mapping[str, Any], value: Any) -> ThresholdCheck:
     rule = Rule(raw["op"], float(raw["amount"]), raw.get("change"))
+    passed = raw["passed"]
+    if passed is not None:
+        passed = bool(passed)
+        if passed and raw.get("checked") is False:
+            passed = None  # schema 2 wrote a not-checked gate as passed, checked false
     return ThresholdCheck(
         metric=metric,
         rule=rule,
         value=None if value is None else float(value),
-        passed=bool(raw["passed"]),
+        passed=passed,
         reason=raw.get("reason") or "",
         bound=raw.get("bound"),
         baseline=raw.get("baseline"),
-        checked=raw.get("checked", True),
     )
 
 
@@ -171,6 +186,9 @@ class MetricsDocument:
     shard: dict[str, int] | None = None  # {"index": k, "total": n} for a sharded run
     generated_at: str | None = None
     schema: int = SCHEMA
+    # case id -> the baseline that case was compared with, as written: where it came from
+    # ("source", "version", "commit", ...) and its "metrics" (schema 3)
+    case_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def metrics_document(
@@ -182,8 +200,13 @@ def metrics_document(
     not_run: Sequence[str] = (),
     shard: Mapping[str, int] | None = None,
     now: datetime | None = None,
+    case_baselines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json document for ``results`` (exact values; other reports round)."""
+    """The metrics.json document for ``results`` (exact values; other reports round).
+
+    ``case_baselines`` (case id -> where from and ``metrics``) records what each case was
+    compared with, so that publishing later shows the same baseline the run used."""
+    compared = case_baselines or {}
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "schema": SCHEMA,
@@ -193,7 +216,8 @@ def metrics_document(
         "shard": dict(shard) if shard else None,
         "pipeline": _json_safe(pipeline.to_dict()),
         "baseline": _json_safe(dict(baseline)) if baseline else None,
-        "cases": [case_to_json(r) for r in results],
+        "cases": [{**case_to_json(r), "baseline": _json_safe(dict(compared[r.case_id]))
+                   if r.case_id in compared else None} for r in results],
     }
 
 
@@ -242,6 +266,8 @@ def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.j
         shard=dict(data["shard"]) if data.get("shard") else None,
         generated_at=data.get("generated_at"),
         schema=schema,
+        case_baselines={str(raw["id"]): dict(raw["baseline"]) for raw in raw_cases
+                        if isinstance(raw.get("baseline"), Mapping)},
     )
 
 
@@ -271,7 +297,7 @@ def validate_document(data: Mapping[str, Any], source: str) -> None:
 @cache
 def _schema(version: int) -> dict[str, Any]:
     document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    if version in (2, SCHEMA):  # 3 only added an optional field: one schema reads both
+    if version == SCHEMA:
         return document
     # The previous version is kept inside the published file under $defs, so one file documents
     # what this nbgate reads.

@@ -138,18 +138,53 @@ class Threshold:
         return f"{self.metric} {self.rule.text}"
 
 
+GateState = Literal["passed", "failed", "not checked"]
+NOT_CHECKED = "not checked"
+
+
 @dataclass
 class ThresholdCheck:
-    """One rule evaluated against what the notebook recorded."""
+    """One rule evaluated against what the notebook recorded.
+
+    Three states: ``passed`` True (held), False (violated, or not checkable where that fails,
+    e.g. under ``--nbgate-require-baseline``) and None: not checked, with ``reason`` saying why
+    (a baseline rule with no baseline to compare with). Not checked is never a pass.
+    """
 
     metric: str
     rule: Rule
     value: float | None  # None when the metric was not recorded
-    passed: bool
+    passed: bool | None  # None: not checked
     reason: str = ""  # why it failed (or was not checked), in words: "0.91 < 0.95"
     bound: float | None = None  # the number compared with; None when not checked
     baseline: float | None = None  # the production value a baseline rule used
-    checked: bool = True  # False: a baseline rule with no baseline to compare with
+
+    @property
+    def state(self) -> GateState:
+        if self.passed is None:
+            return NOT_CHECKED
+        return "passed" if self.passed else "failed"
+
+    @property
+    def failed(self) -> bool:
+        return self.passed is False
+
+    @property
+    def checked(self) -> bool:
+        return self.passed is not None
+
+
+def gate_counts(checks: Iterable[ThresholdCheck]) -> dict[GateState, int]:
+    """How many checks ended in each state: {"failed": n, "passed": n, "not checked": n}."""
+    tally: dict[GateState, int] = {"failed": 0, "passed": 0, NOT_CHECKED: 0}
+    for check in checks:
+        tally[check.state] += 1
+    return tally
+
+
+def not_checked_reason(reason: str) -> str:
+    """"no baseline given" from a check's reason "not checked: no baseline given"."""
+    return reason.removeprefix(f"{NOT_CHECKED}: ")
 
 
 # -- the case result -------------------------------------------------------------------------
@@ -160,8 +195,9 @@ class Failure:
     """Why a case failed, already redacted and free of ANSI escape codes."""
 
     kind: str
-    message: str  # one line, fit for a headline
+    message: str  # the cause in one line, fit for a headline: "ValueError in cell 6: bad input"
     cell_index: int | None = None  # index in the executed notebook's cells, 0-based
+    cell: str | None = None  # how to find the cell: "cell 6 (counting from 1, injected ...)"
     source: str | None = None  # an excerpt of the failing cell's source
     exception: str | None = None  # "ValueError: bad input"
     traceback: str | None = None

@@ -53,7 +53,7 @@ def test_a_case_round_trips_through_json_with_rules_as_data() -> None:
     roc = data["thresholds"]["roc_auc"]
     assert roc["rule"] == ">= 0.95 and >= baseline - 0.005" and roc["passed"] is False
     assert roc["checks"][1] == {"rule": ">= baseline - 0.005", "op": ">=", "amount": 0.005,
-                                "change": "-", "passed": False, "checked": True,
+                                "change": "-", "passed": False,
                                 "bound": 0.988, "baseline": 0.993, "reason": "0.91 < 0.988"}
     assert data["metrics"]["loss"] is None and data["parameters"]["weird"] is None
     assert data["failure"]["message"] == "red failure"  # ANSI codes never reach a file
@@ -104,6 +104,8 @@ def test_a_schema_1_file_written_before_the_change_still_reads() -> None:
     (lambda d: d["cases"][0]["metrics"].update(x="high"), r"cases\[0\]\.metrics\.x"),
     (lambda d: d.update(cases={}), r"cases: .* is not of type .array."),
     (lambda d: d.update(schema=4), r"schema: 4 is not a metrics.json schema"),
+    (lambda d: d["cases"][0]["thresholds"]["roc_auc"]["checks"][0].update(passed="maybe"),
+     r"cases\[0\]\.thresholds\.roc_auc\.checks\[0\]\.passed"),
 ])
 def test_a_bad_file_is_refused_naming_the_field(mutate, field: str) -> None:
     document = json.loads(dumps_metrics(metrics_document([full_case()], pipeline=CIContext())))
@@ -119,3 +121,66 @@ def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
     broken.write_text("{not json", encoding="utf-8")
     with pytest.raises(ResultsFileError, match=r"broken\.json: not valid JSON"):
         load_metrics(broken)
+
+
+def not_checked_case() -> CaseResult:
+    return CaseResult(
+        "nb.ipynb::train[cpu]", "nb.ipynb", "train", "cpu", "passed", 1.0, {},
+        {"roc_auc": 0.99, "loss": 0.1},
+        [check("roc_auc", ">= 0.95", 0.99, True),
+         check("roc_auc", ">= baseline + 0.05", 0.99, None, "not checked: no release yet",
+               bound=None),
+         check("loss", "<= 0.25", 0.1, True)])
+
+
+def test_a_gate_not_checked_is_null_with_its_reason_never_true(tmp_path: Path) -> None:
+    """Schema 3: a check's ``passed`` is true, false or null (not checked, with why); a metric
+    with one rule unchecked is not passed either."""
+    document = metrics_document([not_checked_case()], pipeline=CIContext())
+    path = tmp_path / "metrics.json"
+    path.write_text(dumps_metrics(document), encoding="utf-8")
+    data = json.loads(path.read_text())
+    assert data["schema"] == 3
+    roc = data["cases"][0]["thresholds"]["roc_auc"]
+    assert roc["passed"] is None and [c["passed"] for c in roc["checks"]] == [True, None]
+    assert roc["checks"][1]["reason"] == "not checked: no release yet"
+    assert data["cases"][0]["thresholds"]["loss"]["passed"] is True
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("check-jsonschema")), "--schemafile",
+         str(SCHEMA_FILE), str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    back = load_metrics(path).cases[0].thresholds
+    assert [c.state for c in back] == ["passed", "not checked", "passed"]
+
+
+def test_a_schema_2_not_checked_gate_reads_as_not_checked() -> None:
+    """Schema 2 wrote a not-checked gate as ``passed: true, checked: false``: read back, it is
+    not checked, not passed."""
+    document = json.loads(dumps_metrics(metrics_document([not_checked_case()],
+                                                         pipeline=CIContext())))
+    document["schema"] = 2
+    case = document["cases"][0]
+    case.pop("baseline")
+    case.pop("fingerprint")  # schema 3 fields
+    for group in case["thresholds"].values():
+        for raw in group["checks"]:
+            raw["checked"] = raw["passed"] is not None
+            raw["passed"] = True if raw["passed"] is None else raw["passed"]
+        group["passed"] = all(c["passed"] for c in group["checks"])
+    read = read_metrics(document, "old.json")
+    assert read.schema == 2
+    assert [c.passed for c in read.cases[0].thresholds] == [True, None, True]
+    document["cases"][0]["thresholds"]["roc_auc"]["checks"][1]["passed"] = None
+    with pytest.raises(ResultsFileError, match=r"old\.json: .*passed"):
+        read_metrics(document, "old.json")  # null is schema 3's, not 2's
+
+
+def test_what_each_case_was_compared_with_is_recorded() -> None:
+    compared = {"nb.ipynb::train[cpu]": {"source": "release 1.0.0", "version": "1.0.0",
+                                         "commit": "89abcdef", "metrics": {"roc_auc": 0.97,
+                                                                           "loss": math.nan}}}
+    document = json.loads(dumps_metrics(metrics_document(
+        [not_checked_case()], pipeline=CIContext(), case_baselines=compared)))
+    assert document["cases"][0]["baseline"]["metrics"] == {"roc_auc": 0.97, "loss": None}
+    read = read_metrics(document, "metrics.json")
+    assert read.case_baselines["nb.ipynb::train[cpu]"]["version"] == "1.0.0"

@@ -239,7 +239,7 @@ def test_failing_cell_shows_number_source_exception_and_traceback(
 ) -> None:
     text = failure_text(project, session, "cell_error")
     # The third cell; nothing injected, so no extra cell, and In [3] is the same number.
-    assert "ValueError in cell 3 (counting from 1): bad input" in text
+    assert "ValueError in cell 3: bad input" in text
     assert ">3 | raise ValueError('bad input')" in text
     assert "Traceback:" in text and "\x1b[" not in text
     assert "auc=0.8" in text  # recorded before the failure, still reported
@@ -251,18 +251,21 @@ def test_cell_numbers_count_the_notebooks_own_cells_and_give_the_execution_count
     # parameters (1), markdown (2, 3), y = 1 (4), the failing cell (5); the injected cell runs
     # second, so the failing cell is In [4].
     text = failure_text(project, session, "numbered")
-    assert "KeyError in cell 5 (counting from 1, injected cell excluded; In [4]): 'k'" in text
+    assert text.split("\n")[1] == "KeyError in cell 5: 'k'"  # the cause first, for pytest -r
+    assert "where: cell 5 (counting from 1, injected cell excluded; In [4])" in text
     assert metrics_case(project, "numbered")["failure"]["cell_index"] == 5  # executed notebook
 
 
 def test_kernel_death_names_the_cell_and_does_not_hang(project: Path, session: dict) -> None:
     text = failure_text(project, session, "dies")
-    assert "kernel died in cell 2 (counting from 1)" in text and "os._exit(1)" in text
+    assert text.split("\n")[1].startswith("kernel died in cell 2 (the process exited by os._exit")
+    assert "where: cell 2 (counting from 1)" in text and "os._exit(1)" in text
 
 
 def test_timeout_names_limit_and_cell(project: Path, session: dict) -> None:
     text = failure_text(project, session, "slow")
-    assert "timed out after 3 s in cell 2 (counting from 1)" in text
+    assert text.split("\n")[1] == "timed out after 3 s in cell 2"
+    assert "where: cell 2 (counting from 1)" in text
 
 
 @pytest.mark.parametrize(
@@ -274,11 +277,11 @@ def test_timeout_names_limit_and_cell(project: Path, session: dict) -> None:
         ("nan_without_rule", "1 metric not finite: y is not finite (-inf)"),
         (
             "not_number",
-            "TypeError in cell 2 (counting from 1): nbgate.record('auc', ...) needs a plain number",
+            "TypeError in cell 2: nbgate.record('auc', ...) needs a plain number",
         ),
         (
             "unknown_param",
-            "pipeline parameter typo is not defined in the 'parameters' cell (it defines: x)",
+            "unknown pipeline parameter typo; the 'parameters' cell defines: x",
         ),
         (
             "no_params_cell",
@@ -289,13 +292,13 @@ def test_timeout_names_limit_and_cell(project: Path, session: dict) -> None:
         ("not_a_notebook", "not a notebook:"),
         (
             "figure_error",
-            "ValueError in cell 3 (counting from 1), after its code finished (in a display or "
+            "ValueError in cell 3, after its code finished (in a display or "
             "post-execute hook): \\badcommand",
         ),
-        ("usage_error", "UsageError in cell 2 (counting from 1): Line magic function `%notamagic`"),
+        ("usage_error", "UsageError in cell 2: Line magic function `%notamagic`"),
         (
             "exit_status",
-            "SystemExit in cell 2 (counting from 1): exited with 3 (only sys.exit(0) ends a "
+            "SystemExit in cell 2: exited with 3 (only sys.exit(0) ends a "
             "notebook cleanly)",
         ),
         (
@@ -410,6 +413,4 @@ def test_fixture_runs_notebooks_from_parametrized_tests(project: Path, session: 
     assert "PASSED tests/test_user.py::test_ok_notebook[1]" in stdout
     assert "FAILED tests/test_user.py::test_ok_notebook[3]" in stdout
     text = stdout[stdout.index("_ test_ok_notebook[3] _") :]
-    assert (
-        "tests/test_user.py::test_ok_notebook[3] failed: x_seen 3 > 2 (over by 1)" in text
-    )
+    assert text.split("\n")[1] == "x_seen 3 > 2 (over by 1)"  # the cause, first

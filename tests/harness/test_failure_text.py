@@ -31,7 +31,9 @@ def failed_notebook(source: str, line: int) -> object:
 
 def test_failure_names_cell_and_exception_without_ansi() -> None:
     failure = cell_failure(failed_notebook("a = 1\nraise ValueError('bad input')", 2), 1)
-    assert failure.message == "ValueError in cell 2 (counting from 1): bad input"
+    # The cause in one line; how the cell is counted is said beside it, not in it.
+    assert failure.message == "ValueError in cell 2: bad input"
+    assert failure.cell == "cell 2 (counting from 1)"
     assert failure.exception == "ValueError: bad input\nsecond line"
     assert failure.cell_index == 1
     assert "\x1b" not in (failure.traceback or "") + failure.message + failure.exception
@@ -57,7 +59,8 @@ def test_rendered_failure_lists_every_part() -> None:
     result.executed_notebook = "reports/notebooks/nb-train-cpu.ipynb"
     result.metrics = {"auc": 0.8}
     text = render_failure(result)
-    for part in ("nb.ipynb::train[cpu] failed: ValueError in cell 2 (counting from 1): bad input",
+    assert text.split("\n")[0] == "ValueError in cell 2: bad input"  # pytest's -r line
+    for part in ("where: cell 2 (counting from 1)",
                  "executed notebook: reports/notebooks/nb-train-cpu.ipynb", "failing cell:",
                  "ValueError: bad input", "Traceback:", "recorded metrics: auc=0.8"):
         assert part in text
@@ -100,7 +103,7 @@ def test_usage_error_without_error_output_takes_its_reason_from_the_reply() -> N
     reply = SimpleNamespace(ename="UsageError", evalue=reason)
     failure = cell_failure(new_notebook(cells=[cell]), 0, reply)
     assert failure.message == (
-        "UsageError in cell 1 (counting from 1): Line magic function `%notamagic` not found."
+        "UsageError in cell 1: Line magic function `%notamagic` not found."
     )
     assert failure.exception == "UsageError: Line magic function `%notamagic` not found."
 
@@ -113,7 +116,7 @@ def test_error_after_the_code_finished_says_so_and_skips_blank_lines() -> None:
     ]
     failure = cell_failure(new_notebook(cells=[cell]), 0, after_code=True)
     assert failure.message == (
-        "ValueError in cell 1 (counting from 1), after its code finished (in a display or "
+        "ValueError in cell 1, after its code finished (in a display or "
         "post-execute hook): \\bad"
     )
 
@@ -125,4 +128,4 @@ def test_a_clean_system_exit_output_is_not_the_failure() -> None:
         new_output("error", ename="OSError", evalue="disk full", traceback=[]),
     ]
     failure = cell_failure(new_notebook(cells=[cell]), 0)
-    assert failure.message == "OSError in cell 1 (counting from 1): disk full"
+    assert failure.message == "OSError in cell 1: disk full"

@@ -86,11 +86,19 @@ def test_baseline_rules_compare_with_the_production_value() -> None:
     assert off.reason == "5 != 3 (off by 2)"
     [over] = evaluate([parse_threshold("loss", "< 0.25")], {"loss": 0.3})
     assert over.reason == "0.3000 >= 0.2500 (over by 0.0500)"
+    # Not checked is its own state: neither passed nor failed, with why.
     [unchecked] = evaluate([drop], {"auc": 0.5}, None)
-    assert unchecked.passed and not unchecked.checked
-    assert unchecked.reason == "not checked: no baseline"
+    assert unchecked.passed is None and unchecked.state == "not checked"
+    assert not unchecked.failed and not unchecked.checked
+    assert unchecked.reason == "not checked: no baseline given"
+    [release] = evaluate([drop], {"auc": 0.5}, None, no_baseline="no release yet")
+    assert release.passed is None and release.reason == "not checked: no release yet"
     [absent] = evaluate([drop], {"auc": 0.5}, {"loss": 0.1})
-    assert not absent.checked and absent.reason == "not checked: the baseline did not record it"
+    assert absent.passed is None and absent.reason == "not checked: the baseline did not record it"
+    # --nbgate-require-baseline: the same gate fails, saying why.
+    [required] = evaluate([drop], {"auc": 0.5}, None, require_baseline=True)
+    assert required.passed is False and required.state == "failed"
+    assert required.reason == "not checked: no baseline given (--nbgate-require-baseline)"
 
 
 @pytest.mark.parametrize(

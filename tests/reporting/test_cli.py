@@ -166,7 +166,8 @@ def test_dry_run_prints_the_exact_body(
                             env=ci_env(gitlab_standin))
     assert code == 0
     body = out.split("body: ---\n", 1)[1].split("\n--- end of body ---", 1)[0]
-    assert body.startswith("<!-- nbgate:train -->\n### ✅ Training passed — 1 case, roc_auc 0.9931")
+    assert body.startswith("<!-- nbgate:train -->\n### ✅ Training passed — 1 case, 2 gates "
+                           "passed; roc_auc 0.9931")
     assert [r.method for r in gitlab_standin.request_log if r.method != "GET"] == []
 
 

@@ -244,7 +244,7 @@ def test_a_baseline_rule_fails_against_the_named_release(
     assert f"baseline: release {release}" in run.stdout
     summary = (root / "reports" / "summary.md").read_text().replace("\u00a0", " ")
     assert f"Compared with production: release `{release}`" in summary
-    assert "≥ baseline − 0.005 ❌" in summary
+    assert "auc ≥ baseline − 0.005" in summary and "**0.9000** ❌" in summary
     assert "auc 0.9000 &lt; 0.9450 (short by 0.0450" in summary
     junit = ET.parse(root / "reports" / "junit.xml").getroot()
     failure = next(junit.iter("failure"))
@@ -260,7 +260,7 @@ def test_a_baseline_rule_fails_against_the_named_release(
     [note] = [n for n in gitlab_standin.notes(7) if "nbgate:train" in n.body]
     body = note.body.replace("\u00a0", " ")
     assert f"Compared with production: release `{release}`" in body
-    assert "≥ baseline − 0.005 ❌" in body and "−0.0500 ▼" in body
-    assert body.split("\n")[1].startswith(f"### ❌ Training failed — 1 of 1 case failed, "
+    assert "auc ≥ baseline − 0.005" in body and "**0.9000** ❌ (−0.0500 ▼)" in body
+    assert body.split("\n")[1].startswith(f"### ❌ Training failed — 1 of 1 case failed: "
                                            f"{why.replace('<', '&lt;')}")
 

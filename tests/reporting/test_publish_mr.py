@@ -207,13 +207,15 @@ def test_comment_reads_like_the_design(mr: GitLabStandIn, tmp_path: Path) -> Non
     publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
     lines = body.split("\n")
-    assert lines[1] == ("### ✅ Training passed — 1 passed, 1 skipped, roc_auc 0.9931 (≥ 0.95), "
-                        "+0.0042 ▲ vs release 1.0.0+89abcdef.990")
-    table = [line for line in lines if line.startswith("|")]
+    assert lines[1] == ("### ✅ Training passed — 1 passed, 1 skipped, 2 gates passed; roc_auc "
+                        "0.9931 (≥ 0.95), +0.0042 ▲ vs release 1.0.0+89abcdef.990")
+    table = [line.replace("\u00a0", " ") for line in lines if line.startswith("|")]
     assert table[0].split("|")[1].strip() == "case"
-    assert "**" not in table[2] and "0.9931 ≥ 0.95 ✅ (+0.0042 ▲)" in table[2]
-    assert "0.1211 ≤ 0.25 ✅ (−0.0100 ▲)" in table[2]  # lower is better for a <= rule
-    assert "⏭ skipped: no CUDA GPU visible" in table[3]
+    assert "roc_auc ≥ 0.95" in table[0] and "log_loss ≤ 0.25" in table[0]  # rules: once
+    assert "**" not in table[2] and "0.9931 ✅ (+0.0042 ▲)" in table[2]
+    assert "0.1211 ✅ (−0.0100 ▲)" in table[2]  # lower is better for a <= rule
+    assert "⏭ skipped |" in table[3]  # the outcome column stays narrow; the reason follows
+    assert "\n- ⏭ training_example · train[gpu]: no CUDA GPU visible\n" in body
     assert ("Compared with production: release `1.0.0+89abcdef.990` (main @ `89abcdef`, "
             "pipeline [#990]") in body
     assert f"[training_example · train[cpu]]({WEB}/-/jobs/10020/artifacts/file/reports/notebooks/" \
@@ -240,11 +242,13 @@ def test_failed_run_leads_with_the_failure(mr: GitLabStandIn, tmp_path: Path) ->
         train_case("cpu", outcome="failed"), train_case("gpu", roc_auc=0.91, outcome="failed")])
     publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
-    assert body.split("\n")[1] == ("### ❌ Training failed — 2 of 2 cases failed, "
-                                   "ValueError in cell 7")
+    # The failing case's cause: the exception and its message, not a side effect.
+    assert body.split("\n")[1] == ("### ❌ Training failed — 2 of 2 cases failed, first "
+                                   "training_example · train[cpu]: ValueError in cell 7: "
+                                   "feature_names mismatch")
     assert "<details><summary>❌ notebooks/training_example.ipynb::train[cpu]" in body
     assert "    ValueError: feature_names mismatch" in body  # indented: code, not markdown
-    assert "**0.9100** ≥ 0.95 ❌" in body
+    assert "**0.9100** ❌" in body.replace("\u00a0", " ")
 
 
 def test_sticky_comment_is_found_past_the_first_page(mr: GitLabStandIn, tmp_path: Path) -> None:
@@ -485,7 +489,7 @@ def test_dry_run_outside_ci_still_renders(tmp_path: Path) -> None:
     out = Output()
     publish_mr([reports], {}, dry_run=True, echo=out, root=tmp_path)
     assert "not in GitLab CI" in out.lines[0]
-    assert "### ✅ Training passed — 1 case, roc_auc 0.9931 (≥ 0.95)" in out.text
+    assert "### ✅ Training passed — 1 case, 2 gates passed; roc_auc 0.9931 (≥ 0.95)" in out.text
     assert "No baseline: not in GitLab CI and no --baseline given" in out.text
     assert "last update: a local run" in out.text
 
@@ -500,7 +504,7 @@ def test_jobs_of_one_pipeline_add_up_in_one_comment(mr: GitLabStandIn, tmp_path:
     publish(mr, [gpu])
     body = nbgate_notes(mr, 7)[0].body
     assert "train[cpu]" in body and "train[gpu]" in body
-    assert "2 cases, roc_auc 0.9950" in body  # the best case leads
+    assert "2 cases, 4 gates passed; roc_auc 0.9950" in body  # the best case leads
     assert "jobs [train-cpu]" in body and "[train-gpu]" in body
     state = decode_state(body)
     assert state is not None and len(state["cases"]) == 2
@@ -524,8 +528,57 @@ def test_many_cases_stay_far_below_the_note_limit(mr: GitLabStandIn, tmp_path: P
     publish(mr, [reports])
     body = nbgate_notes(mr, 7)[0].body
     assert len(body) < 300_000
-    assert "… and 300 more cases: see summary.md" in body
+    assert "… and 300 more cases (of 400): see [summary.md of train-cpu](" in body
     assert "train[r0]" in body and "train[r350]" in body  # failed cases are always listed
+
+
+def test_a_5000_case_comment_stays_under_gitlabs_note_limit_with_capped_uploads(
+    mr: GitLabStandIn, tmp_path: Path
+) -> None:
+    """GitLab refuses a note over 1,000,000 characters (``validates :note, length: {maximum:
+    Gitlab::Database::MAX_TEXT_SIZE_LIMIT}`` in app/models/concerns/notes/active_record.rb;
+    MAX_TEXT_SIZE_LIMIT = 1_000_000 in lib/gitlab/database.rb; the stand-in answers 400 the same
+    way). 5,000 cases with two figures each, long causes and tracebacks: the note is posted,
+    with at most 100 figures, failed cases' first, and no more uploads than it shows."""
+    from reporting.comment import MAX_FIGURES, MAX_TABLE_ROWS, NOTE_LIMIT
+
+    figures = tmp_path / "reports" / "figures"
+    figures.mkdir(parents=True)
+    results = []
+    for i in range(5000):
+        failed = i % 7 == 3
+        names = {}
+        for name in ("roc_curve", "feature_importance"):
+            path = f"reports/figures/training_example-train-r{i}-{name}.png"
+            (tmp_path / path).write_bytes(PNG)
+            names[name] = path
+        case = train_case(f"r{i}", outcome="failed" if failed else "passed", figures=names)
+        if failed:
+            case.failure = Failure("cell_error", f"ValueError in cell 7: {'x' * 300} {i}", 7,
+                                   "model.fit(X, y)\n" * 40, "ValueError: " + "x" * 2000,
+                                   "Traceback:\n" + "  frame\n" * 400)
+        results.append(case)
+    reports = write_reports(tmp_path / "reports", results)
+    publish(mr, [reports])
+    [note] = nbgate_notes(mr, 7)
+    assert len(note.body) < NOTE_LIMIT // 2, len(note.body)  # by the caps, not by a last cut
+    assert "(cut: see summary.md)" not in note.body and "_Updated by nbgate" in note.body
+    failed = [r for r in results if r.outcome == "failed"]
+    uploads = mr.uploads()
+    assert len(uploads) == MAX_FIGURES  # the same cap as the figures shown
+    # Failed cases' figures first: 100 figures are the first 50 failed cases' two each.
+    assert {u.filename for u in uploads} == {
+        Path(p).name for r in failed[:MAX_FIGURES // 2] for p in r.figures.values()}
+    assert sum(f"![{n}](/uploads/" in note.body for n in ("roc_curve", "feature_importance")) \
+        == 2 and note.body.count("](/uploads/") == MAX_FIGURES
+    summary = f"{WEB}/-/jobs/10020/artifacts/file/reports/summary.md"
+    assert f"… and {5000 - MAX_TABLE_ROWS} more cases (of 5000): see [summary.md of " \
+           f"train-cpu]({summary})." in note.body
+    assert f"… {10_000 - MAX_FIGURES} more figures (at most {MAX_FIGURES} are shown, failed " \
+           "cases' first)" in note.body
+    # The table shows the failed cases first, each once.
+    rows = [line for line in note.body.splitlines() if line.startswith("| training_example")]
+    assert len(rows) == MAX_TABLE_ROWS and all("❌" in row for row in rows)
 
 
 def test_only_a_job_token_says_it_cannot_post(mr: GitLabStandIn, tmp_path: Path) -> None:

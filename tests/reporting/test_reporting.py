@@ -148,10 +148,15 @@ def test_durations_rules_marks_and_outcomes() -> None:
     assert fmt.fmt_rule(Rule.parse("<= 0.25")) == "≤ 0.25"
     assert fmt.fmt_rule(Rule.parse("== 1")) == "= 1"
     assert fmt.fmt_rule(Rule.parse("> 0")) == "> 0"
-    assert (fmt.threshold_mark(True), fmt.threshold_mark(False)) == ("✅", "❌")
+    marks = [fmt.threshold_mark(check("a", ">= 0", 1.0, passed)) for passed in (True, False, None)]
+    assert marks == ["✅", "❌", "➖"]  # not checked has its own, neutral mark
     assert fmt.outcome_label(passed_case()) == "✅ passed"
     assert fmt.outcome_label(skipped_case()) == "⏭ skipped: no CUDA GPU visible"
-    assert fmt.outcome_label(failed_case()) == "❌ failed: ValueError in cell 3"
+    # The cause: the exception's type and its message.
+    assert fmt.outcome_label(failed_case()) == "❌ failed: ValueError in cell 3: bad | input"
+    assert fmt.outcome_label(failed_case(), reason_limit=0) == "❌ failed"
+    assert fmt.short_reason("kernel died in cell 2 (the process exited: os._exit)", 30) == \
+        "kernel died in cell 2 (the pr…"
     assert fmt.verdict([passed_case(), skipped_case(), failed_case()]) == (
         "❌ 1 failed · ✅ 1 passed · ⏭ 1 skipped"
     )
@@ -186,22 +191,28 @@ def test_case_table_is_a_well_formed_markdown_table() -> None:
     rows = table_rows(table)
     header = rows[0]
     assert header[:3] == ["case", "outcome", "time"]  # the case id names the runner
-    # metrics in first-recorded order, unrecorded threshold metrics last, pipes escaped
-    assert header[3:] == ["roc_auc", "accuracy", "log_loss", "a\\|b", "nan_metric", "missing"]
+    # metrics in first-recorded order, unrecorded threshold metrics last, pipes escaped; a rule
+    # every case shares is in the header, once
+    assert header[3:] == ["roc_auc ≥ 0.95", "accuracy", "log_loss ≤ 0.25", "a\\|b",
+                          "nan_metric ≥ 0.9", "missing > 0"]
+    header = ["case", "outcome", "time", "roc_auc", "accuracy", "log_loss", "a\\|b",
+              "nan_metric", "missing"]
     assert all(len(row) == len(header) for row in rows), table
     assert not [line for line in table.splitlines() if line.lstrip().startswith("/")]
     body = {row[0]: dict(zip(header, row, strict=True)) for row in rows[2:]}
     good = body["notebooks/training_example.ipynb::train[cpu]"]
-    assert good["roc_auc"] == "0.9931 ≥ 0.95 ✅"
+    assert good["roc_auc"] == "0.9931 ✅"
     assert good["accuracy"] == "0.9580"
     assert good["time"] == "41.2 s"
     assert good["a\\|b"] == "–"  # not recorded by this case, no rule: nothing to show
     gpu = body["notebooks/training_example.ipynb::train[gpu]"]
     assert gpu["outcome"] == "⏭ skipped: no CUDA GPU visible" and gpu["time"] == "–"
+    assert body["\\/close::score[cpu]"]["outcome"] == (
+        "❌ failed: ValueError in cell 3: bad \\| input")
     assert set(list(gpu.values())[3:]) == {"–"}
     bad = body["\\/close::score[cpu]"]
-    assert bad["nan_metric"] == "**NaN** ≥ 0.9 ❌"
-    assert bad["missing"] == "– > 0 ❌"
+    assert bad["nan_metric"] == "**NaN** ❌"
+    assert bad["missing"] == "– ❌"
     assert bad["a\\|b"] == "0.5000"
     assert "\x1b" not in table and "|" not in bad["outcome"].replace("\\|", "")
 
@@ -223,9 +234,9 @@ def test_case_table_shows_deltas_against_the_baseline() -> None:
     table = fmt.case_table([current, failed_case()], comparison=comparison,
                            metrics=fmt.metric_names([current]))
     row = dict(zip(table_rows(table)[0], table_rows(table)[2], strict=True))
-    assert row["roc_auc"] == "0.9931 ≥ 0.95 ✅ (+0.0042 ▲)"
+    assert row["roc_auc ≥ 0.95"] == "0.9931 ✅ (+0.0042 ▲)"
     assert row["accuracy"] == "0.9580 (−0.0010)"  # no rule: a change, neither better nor worse
-    assert row["log_loss"] == "0.1211 ≤ 0.25 ✅ (−0.0100 ▲)"  # lower is better under <=
+    assert row["log_loss ≤ 0.25"] == "0.1211 ✅ (−0.0100 ▲)"  # lower is better under <=
     assert MetricDelta(0.2, 0.1, True, False).text == "+0.1000 ▼"
     assert MetricDelta(0.1, 0.2, True, True).text == "−0.1000 ▼"
     assert MetricDelta(0.5, 0.5, True, True).text == "±0"
@@ -253,7 +264,7 @@ def test_baseline_line_says_so_once_when_there_is_none() -> None:
 def test_failure_details_and_figures() -> None:
     details = fmt.failure_details(failed_case())
     assert details.startswith(
-        "<details><summary>❌ /close::score[cpu] — ValueError in cell 3</summary>"
+        "<details><summary>❌ /close::score[cpu] — ValueError in cell 3: bad | input</summary>"
     )
     assert details.endswith("</details>")
     assert "\x1b" not in details and "\x00" not in details
@@ -286,11 +297,11 @@ def test_tables_stay_narrow_however_many_metrics_a_notebook_records() -> None:
     # One table per pipeline: they gate different metrics, a shared table would be mostly "–".
     assert "**notebooks/scoring_example.ipynb**" in text
     main = table_rows(tables[2])
-    assert main[0][3:5] == ["roc_auc", "rows"]  # every gated metric is in the main table
+    assert main[0][3:5] == ["roc_auc ≥ 0.95", "rows ≥ 100"]  # every gated metric is there
     assert "<details><summary>All recorded metrics (11 more metrics)</summary>" in text
     detail = table_rows(tables[3])
     assert detail[0][0] == "metric" and len(detail) == 2 + 11
-    assert fmt.NBSP in text and "0.9914 ≥ 0.95 ✅" in text.replace(fmt.NBSP, " ")
+    assert fmt.NBSP in text and "| 0.9914 ✅" in text.replace(fmt.NBSP, " ")
     many = passed_case(thresholds=[check(f"m{i}", ">= 0", 1.0, True) for i in range(7)],
                        metrics={f"m{i}": 1.0 for i in range(7)})
     folded = table_rows(fmt.case_table([many]))
@@ -419,7 +430,8 @@ def test_summary_puts_the_verdict_first_and_is_safe_to_post() -> None:
     )
     lines = text.splitlines()
     assert lines[0] == "# nbgate summary"
-    assert lines[2] == "**❌ 1 failed · ✅ 1 passed · ⏭ 1 skipped** — 3 cases"
+    assert lines[2] == ("**❌ 1 failed · ✅ 1 passed · ⏭ 1 skipped** — 3 cases; gates: 2 gates "
+                        "failed, 2 passed")
     assert "The session was interrupted" in text and "1 did not run: notebooks/c.ipynb" in text
     assert text.count("No baseline:") == 1
     assert "| [run](https://mlflow/#/runs/abc123) |" in text  # the MLflow column
@@ -445,7 +457,8 @@ def test_terminal_lines_and_mlflow_hint(tmp_path: Path) -> None:
                         "roc_auc 0.9931 ≥ 0.95  log_loss 0.1211 ≤ 0.25")
     assert lines[1].startswith("notebooks/training_example.ipynb::train[gpu]  skipped  no CUDA GPU")
     assert lines[2].startswith("/close::score[cpu]")
-    assert lines[2].endswith("nan_metric NaN ≥ 0.9 ✗  missing – > 0 ✗  — ValueError in cell 3")
+    assert lines[2].endswith("nan_metric NaN ≥ 0.9 ✗  missing – > 0 ✗  — ValueError in cell 3: "
+                             "bad | input")
     assert "\x1b" not in "".join(lines)
     results = [passed_case(tracking=local)]
     # The environment's own mlflow: a fresh shell without the environment active finds none.
@@ -580,8 +593,8 @@ def test_serial_run_writes_every_report(project: Path, pytester: pytest.Pytester
     assert summary.count("No baseline:") == 1
     assert "![roc](figures/notebooks-good-train-cpu-roc.png){width=60%}" in summary
     assert (
-        "<details><summary>❌ notebooks/bad.ipynb::score[cpu] — ValueError in cell 2 "
-        "(counting from 1)</summary>"
+        "<details><summary>❌ notebooks/bad.ipynb::score[cpu] — ValueError in cell 2: bad red | "
+        "input</summary>"
     ) in summary
     assert "good.train.cpu.acc 0.9877" in str(found["metrics_txt"])
     junit = found["junit"]
@@ -620,7 +633,9 @@ def test_xdist_run_reports_each_case_once_with_baseline(
                                  "pipeline_id": "990", "ref": "main", "pipeline_url": None,
                                  "version": None}
     summary = str(found["summary"]).replace(fmt.NBSP, " ")
-    assert "| 0.9877 ≥ 0.9 ✅ (+0.0077 ▲) | 0.1000 ≤ 0.25 ✅ (±0) |" in summary
+    flat = re.sub(r" +", " ", summary)  # tabulate pads cells
+    assert "| acc ≥ 0.9 | loss ≤ 0.25 |" in flat
+    assert "| 0.9877 ✅ (+0.0077 ▲) | 0.1000 ✅ (±0) |" in flat
     assert "Baseline: base.json (main @ `89abcdef`, pipeline #990)." in summary
     assert "2 cases not in the baseline: " in summary
     assert "No baseline" not in summary

@@ -13,7 +13,7 @@ from nbgate.contract.files import write_text_atomic
 from nbgate.contract.model import CaseResult, Rule, ThresholdCheck
 
 
-def check(metric: str, rule: str, value: float | None, passed: bool, reason: str = "",
+def check(metric: str, rule: str, value: float | None, passed: bool | None, reason: str = "",
           **extra: Any) -> ThresholdCheck:
     """A threshold check as the harness makes it, from the rule's text."""
     parsed = Rule.parse(rule)
