@@ -38,6 +38,7 @@ class CaseSpec:
     thresholds: tuple[Threshold, ...] = ()
     baseline: Mapping[str, float] | None = None  # production's metrics for baseline rules
     require_baseline: bool = False  # an unchecked baseline rule fails
+    no_baseline: str | None = None  # why there is none ("no release yet"), for "not checked"
     timeout: float = 900.0
     outputs: tuple[str, ...] = ()
     experiment: str | None = None
@@ -160,7 +161,7 @@ class CaseRunner:
         figures = {redactor.name(name): png for name, png in recorded.figures.items()}
         result.figures = self._write_figures(spec, figures)
         result.thresholds = evaluate(spec.thresholds, result.metrics, spec.baseline,
-                                     spec.require_baseline)
+                                     spec.require_baseline, spec.no_baseline)
         result.failure = execution.failure or _threshold_failure(result.thresholds, metrics)
         if result.failure is not None:
             result.failure = Failure(**redactor.deep(vars(result.failure)))

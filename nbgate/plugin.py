@@ -29,7 +29,12 @@ from nbgate.config import (
     load_config,
 )
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
-from nbgate.contract.baselines import BaselineRun, baseline_metrics, load_baselines
+from nbgate.contract.baselines import (
+    BaselineRun,
+    BaselineUnavailable,
+    baseline_metrics,
+    load_baselines,
+)
 from nbgate.contract.codec import ResultsFileError, case_to_json
 from nbgate.contract.failure_text import render_failure
 from nbgate.contract.model import CUSTOM_KIND, CaseResult, Failure
@@ -55,6 +60,7 @@ class NbgateState:
     cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
     selection: CommitSelection | None = None  # from --nbgate-commit
     baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
+    no_baseline: str | None = None  # what `nbgate fetch-baseline` left instead of releases
     session_id: str = ""  # one per pytest session; xdist workers share the controller's
 
     def spec_for(self, case: Case) -> CaseSpec:
@@ -71,6 +77,7 @@ class NbgateState:
             thresholds=pipeline.thresholds,
             baseline=self.baseline_for(case),
             require_baseline=self.require_baseline,
+            no_baseline=self.no_baseline,
             timeout=pipeline.timeout,
             outputs=pipeline.outputs,
             experiment=pipeline.experiment,
@@ -210,6 +217,9 @@ def _load_baselines(config: pytest.Config, state: NbgateState) -> str | None:
         return None
     try:
         state.baselines = load_baselines(Path(config.invocation_params.dir, given), given)
+    except BaselineUnavailable as exc:
+        state.no_baseline = clean_text(str(exc))
+        return state.no_baseline
     except ResultsFileError as exc:
         return clean_text(str(exc))
     return None

@@ -21,6 +21,7 @@ def check(
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None,
     require_baseline: bool = False,
+    no_baseline: str | None = None,
 ) -> ThresholdCheck:
     metric, rule = threshold.metric, threshold.rule
     if metric not in metrics:
@@ -32,7 +33,8 @@ def check(
     base = baseline.get(metric) if baseline is not None and rule.uses_baseline else None
     bound = rule.bound(base)
     if bound is None:
-        why = "no baseline" if baseline is None else "the baseline did not record it"
+        why = (no_baseline or "no baseline") if baseline is None \
+            else "the baseline did not record it"
         if require_baseline:
             return ThresholdCheck(metric, rule, value, False,
                                   f"not checked: {why} (--nbgate-require-baseline)", checked=False)
@@ -57,6 +59,7 @@ def evaluate(
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None = None,
     require_baseline: bool = False,
+    no_baseline: str | None = None,
 ) -> list[ThresholdCheck]:
     """Check every rule; ``baseline`` holds the production model's metrics when known."""
-    return [check(t, metrics, baseline, require_baseline) for t in thresholds]
+    return [check(t, metrics, baseline, require_baseline, no_baseline) for t in thresholds]
