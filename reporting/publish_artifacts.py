@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -42,7 +41,6 @@ from reporting.packages import (
 from reporting.reports_folder import RunReports, load_reports
 
 Echo = Callable[[str], None]
-_OPEN_MR = re.compile(r"!(\d+)")
 
 
 @dataclass(frozen=True)
@@ -164,10 +162,9 @@ def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | Non
     branch pipeline's list of open MRs, or GitLab's MRs of the commit."""
     if ctx.merge_request_iid:
         return ctx.merge_request_iid
-    if ctx.open_merge_requests:
-        match = _OPEN_MR.search(ctx.open_merge_requests)
-        if match:
-            return match.group(1)
+    listed = ctx.open_merge_request_of_this_project()
+    if listed:
+        return listed
     if session is None or not ctx.commit_sha:
         return None
     endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")

@@ -149,15 +149,8 @@ def find_merge_request(session: GitLabSession, ctx: CIContext) -> int | None:
         iids = [int(mr["iid"]) for mr in found if isinstance(mr, dict) and "iid" in mr]
         if iids:
             return max(iids)  # iids grow with creation: the highest is the newest
-    return _from_open_list(ctx)
-
-
-def _from_open_list(ctx: CIContext) -> int | None:
-    for entry in (ctx.open_merge_requests or "").split(","):
-        project, _, iid = entry.strip().rpartition("!")
-        if iid.isdigit() and (not ctx.project_path or project in ("", ctx.project_path)):
-            return int(iid)
-    return None
+    listed = ctx.open_merge_request_of_this_project()
+    return int(listed) if listed else None
 
 
 # -- baselines -------------------------------------------------------------------------------

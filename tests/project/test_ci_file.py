@@ -85,7 +85,8 @@ def clean_env(home: Path) -> dict[str, str]:
     # gitlab-ci-local warns about overriding these predefined variables; overriding them is the
     # point of these tests.
     env["GCL_IGNORE_PREDEFINED_VARS"] = (
-        "CI_COMMIT_MESSAGE,CI_COMMIT_TITLE,CI_PIPELINE_SOURCE,CI_API_V4_URL,CI_PROJECT_ID")
+        "CI_COMMIT_MESSAGE,CI_COMMIT_TITLE,CI_PIPELINE_SOURCE,CI_API_V4_URL,CI_PROJECT_ID,"
+        "CI_COMMIT_TAG,CI_COMMIT_BRANCH")
     return env
 
 
@@ -308,6 +309,14 @@ SITUATIONS = [
     ("dockerfile-change-schedule", "dockerfile", SCHEDULE, SCORE_SCHEDULE),
     ("dockerfile-change-schedule-build-forced", "dockerfile",
      {**SCHEDULE, "BUILD_DS_IMAGE": "true"}, SCORE_SCHEDULE),
+    # A tag pipeline (CI_COMMIT_TAG set, no CI_COMMIT_BRANCH) on a `train …`/`score …` commit
+    # runs the tests only: no training, scoring or publishing named after the tag.
+    ("tag-on-a-train-commit", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
+     TEST),
+    ("tag-on-a-score-commit", "main",
+     {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
+     TEST),
     ("manual-run-building-the-image", "plain",
      {"CI_PIPELINE_SOURCE": "web", "BUILD_DS_IMAGE": "true", "CI_COMMIT_MESSAGE": "Fix typo"},
      BUILD | TEST),

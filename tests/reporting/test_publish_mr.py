@@ -402,6 +402,10 @@ def test_open_merge_requests_variable_is_the_last_resort(
                  CI_OPEN_MERGE_REQUESTS="other/fork!5,group/project!3")
     out = publish(gitlab_standin, [reports], env=env)
     assert "on !3" in out.text and len(nbgate_notes(gitlab_standin, 3)) == 1
+    # A fork's branch lists only the upstream project's MR: that iid is not this project's.
+    fork = {**env, "CI_OPEN_MERGE_REQUESTS": "other/fork!5"}
+    with pytest.raises(PublishSkipped, match="no open merge request"):
+        publish(gitlab_standin, [reports], env=fork)
 
 
 def test_no_merge_request_is_one_line_and_nothing_posted(
