@@ -4,7 +4,8 @@ This is the one place that composes the harness (``nbgate``) and the reporting p
 (``reporting``); it only parses arguments, picks paths and maps outcomes to exit codes:
 
     0  done, or skipped with one line saying why (not in CI, no token, no merge request)
-    1  GitLab said no (401/403/404/400) or stayed unreachable after retries
+    1  GitLab said no (401/403/404/400) or stayed unreachable after retries; in CI on a merge
+       request's branch, no token that can post the comment
     2  bad input: options, [tool.nbgate], a missing reports folder or output file
 
 Heavy modules (python-gitlab, requests, tabulate) are imported inside the commands so that
@@ -144,7 +145,7 @@ def _label(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
     """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
     from nbgate.config import ConfigError, load_config
-    from reporting.errors import PublishError, PublishSkipped, PublishUsageError
+    from reporting.errors import PublishError, PublishRefused, PublishSkipped, PublishUsageError
     from reporting.gitlab_client import scrubber
 
     scrub = scrubber(env)
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., N
     except (PublishUsageError, ConfigError) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 2
-    except PublishError as exc:
+    except (PublishError, PublishRefused) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 1
     return 0

@@ -34,7 +34,12 @@ from reporting.comment import (
     render_comment,
 )
 from reporting.errors import PublishSkipped, PublishUsageError
-from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.gitlab_client import (
+    REQUEST_ERRORS,
+    GitLabSession,
+    connect_unless_dry_run,
+    require_note_token,
+)
 from reporting.preview import write_preview
 from reporting.production import production_baseline
 from reporting.reports_folder import (
@@ -71,6 +76,8 @@ def publish_mr(
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
     runs = load_reports(folders)  # a missing folder is exit 2, in CI or not, dry run or not
+    if not dry_run:
+        require_note_token(env, WHAT)
     session = connect_unless_dry_run(env, WHAT, write=True, dry_run=dry_run, echo=echo)
     kinds = kinds_to_publish(runs, kind, folders, "nothing to post")
     if session is not None:
