@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write the merged reports")
     merge.set_defaults(handler=_merge_reports)
 
+    doctor = commands.add_parser(
+        "doctor", parents=[common],
+        help="ask GitLab what will work: version, token, role, registry, wiki, MLflow",
+        description="Ask the GitLab instance (CI_SERVER_URL or CI_API_V4_URL, CI_PROJECT_ID, the "
+        "token nbgate would use) what the CI file needs, and print one row per check with its "
+        "fix. Exit 0 when everything will work, 1 when a row fails.")
+    doctor.set_defaults(handler=_doctor)
+
     cases = commands.add_parser(
         "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
         description="Validate [tool.nbgate] and list every declared case with its marks, "
@@ -239,6 +247,18 @@ def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         fetch_baseline(dict(env), notebooks, dest, echo=echo)
 
     return _run(args, env, body)
+
+
+def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    works: list[bool] = []
+
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.doctor import doctor
+
+        works.append(doctor(env, echo))
+
+    code = _run(args, env, body)
+    return code or (0 if all(works) else 1)
 
 
 def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:

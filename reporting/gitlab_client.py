@@ -51,6 +51,11 @@ TOKEN_ADVICE = "set REPO_TOKEN (a project access token with the api scope and th
 # GitLab protects new CI/CD variables by default (application_settings.protected_ci_variables
 # DEFAULT true, db/structure.sql), and a protected variable reaches protected refs only: an
 # ordinary merge request branch then runs without REPO_TOKEN.
+# GET /projects/:id/repository/commits/:sha/merge_requests takes a job token only on recent
+# GitLab (job_token_allowed in lib/api/commits.rb, added in 2025); older instances answer 404
+# "Project Not Found", which must not read as a wrong CI_PROJECT_ID.
+JOB_TOKEN_MERGE_REQUESTS = ("a job token may list a commit's merge requests only on GitLab "
+                            "versions from 2025 on (older: 404 \"Project Not Found\")")
 PROTECTION_ADVICE = ("as a CI/CD variable that is not protected (GitLab protects new variables "
                      "by default, and protected ones reach protected branches only), or protect "
                      "the merge request branches")

@@ -23,7 +23,12 @@ from nbgate.contract.codec import dumps_metrics, metrics_document
 from nbgate.contract.files import display_path, write_bytes_atomic
 from nbgate.contract.model import CaseResult
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
-from reporting.gitlab_client import GitLabSession, connect, connect_unless_dry_run
+from reporting.gitlab_client import (
+    JOB_TOKEN_MERGE_REQUESTS,
+    GitLabSession,
+    connect,
+    connect_unless_dry_run,
+)
 from reporting.packages import (
     CANDIDATE_SUFFIX,
     LOCK_FILE,
@@ -185,8 +190,14 @@ def merged_request(session: GitLabSession, sha: str) -> dict[str, Any] | None:
     """The merge request that commit ``sha`` merged (merge commit, squash commit, or the MR's
     head for a fast-forward merge), or None."""
     endpoint = session.endpoint("GET", f"/repository/commits/{sha}/merge_requests")
-    found = session.call(endpoint, lambda: list(
-        session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
+    try:
+        found = session.call(endpoint, lambda: list(
+            session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
+    except PublishError as exc:
+        if exc.status == 404 and not session.token.can_write:
+            raise PublishError(404, endpoint, f"{JOB_TOKEN_MERGE_REQUESTS}; set REPO_TOKEN "
+                               "(scope api, role Developer) for this job", exc.detail) from None
+        raise
     merged = [mr for mr in found if mr.get("state") == "merged"]
     for mr in merged:
         if sha in (mr.get("merge_commit_sha"), mr.get("squash_commit_sha"), mr.get("sha")):
