@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run pytest (e.g. `pytest -m train`) first: it writes the reports these commands read.",
         epilog="GitLab: CI_API_V4_URL and CI_PROJECT_ID come from GitLab CI; the token from "
         "REPO_TOKEN or GITLAB_TOKEN (CI_JOB_TOKEN can fetch and upload packages, not post notes "
-        "or wiki pages). Without them publishing is skipped with exit 0.",
+        "or wiki pages). Without them publishing is skipped with exit 0, except `publish mr` "
+        "in CI on a merge request's branch (exit 1: the comment would silently never appear). "
+        "`nbgate doctor` checks what an instance and token allow.",
     )
     parser.add_argument("--version", action="version", version=f"nbgate {__version__}")
     common = argparse.ArgumentParser(add_help=False)
