@@ -558,6 +558,29 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     assert "production baseline" in log or "no release" in log  # fetch-baseline said why
 
 
+def test_train_job_fails_before_pytest_when_gitlab_refuses_the_baseline(
+    gcl: str, job_repo: Callable[[str], Path], gitlab_standin: GitLabStandIn
+) -> None:
+    """A 401 from the package registry is not "no baseline": the job stops at fetch-baseline,
+    naming status and endpoint, and no case runs. NBGATE_BASELINE_OPTIONAL=1 lets it train."""
+    title = "train notebooks/tiny_train.ipynb"
+    repo = job_repo(title)
+    variables = {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push",
+                 "CI_API_V4_URL": gitlab_standin.api_url,
+                 "CI_PROJECT_ID": str(gitlab_standin.project_id),
+                 "REPO_TOKEN": "glpat-revoked-token-00000"}
+    done = run_job(gcl, repo, ["train-cpu"], variables)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "nbgate fetch-baseline: error: GitLab answered 401 for GET /projects/42/packages" in log
+    assert "collected" not in log and "PASSED" not in log
+    done = run_job(gcl, repo, ["train-cpu"], {**variables, "NBGATE_BASELINE_OPTIONAL": "1"})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "nbgate fetch-baseline: GitLab could not be asked (GitLab answered 401" in log
+    assert "notebooks/tiny_train.ipynb::train[cpu] PASSED" in log
+
+
 def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path]) -> None:
     from nbgate.gpu import visible_cuda_devices
 
