@@ -4,7 +4,8 @@ This is the one place that composes the harness (``nbgate``) and the reporting p
 (``reporting``); it only parses arguments, picks paths and maps outcomes to exit codes:
 
     0  done, or skipped with one line saying why (not in CI, no token, no merge request)
-    1  GitLab said no (401/403/404/400) or stayed unreachable after retries
+    1  GitLab said no (401/403/404/400) or stayed unreachable after retries; in CI on a merge
+       request's branch, no token that can post the comment
     2  bad input: options, [tool.nbgate], a missing reports folder or output file
 
 Heavy modules (python-gitlab, requests, tabulate) are imported inside the commands so that
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run pytest (e.g. `pytest -m train`) first: it writes the reports these commands read.",
         epilog="GitLab: CI_API_V4_URL and CI_PROJECT_ID come from GitLab CI; the token from "
         "REPO_TOKEN or GITLAB_TOKEN (CI_JOB_TOKEN can fetch and upload packages, not post notes "
-        "or wiki pages). Without them publishing is skipped with exit 0.",
+        "or wiki pages). Without them publishing is skipped with exit 0, except `publish mr` "
+        "in CI on a merge request's branch (exit 1: the comment would silently never appear). "
+        "`nbgate doctor` checks what an instance and token allow.",
     )
     parser.add_argument("--version", action="version", version=f"nbgate {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -130,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write the merged reports")
     merge.set_defaults(handler=_merge_reports)
 
+    doctor = commands.add_parser(
+        "doctor", parents=[common],
+        help="ask GitLab what will work: version, token, role, registry, wiki, MLflow",
+        description="Ask the GitLab instance (CI_SERVER_URL or CI_API_V4_URL, CI_PROJECT_ID, the "
+        "token nbgate would use) what the CI file needs, and print one row per check with its "
+        "fix. Exit 0 when everything will work, 1 when a row fails.")
+    doctor.set_defaults(handler=_doctor)
+
     cases = commands.add_parser(
         "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
         description="Validate [tool.nbgate] and list every declared case with its marks, "
@@ -160,7 +171,7 @@ def _label(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
     """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
     from nbgate.config import ConfigError, load_config
-    from reporting.errors import PublishError, PublishSkipped, PublishUsageError
+    from reporting.errors import PublishError, PublishRefused, PublishSkipped, PublishUsageError
     from reporting.gitlab_client import scrubber
 
     scrub = scrubber(env)
@@ -178,7 +189,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., N
     except (PublishUsageError, ConfigError) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 2
-    except PublishError as exc:
+    except (PublishError, PublishRefused) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 1
     return 0
@@ -269,6 +280,18 @@ def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         fetch_baseline(dict(env), notebooks, dest, echo=echo)
 
     return _run(args, env, body)
+
+
+def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    works: list[bool] = []
+
+    def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.doctor import doctor
+
+        works.append(doctor(env, echo))
+
+    code = _run(args, env, body)
+    return code or (0 if all(works) else 1)
 
 
 def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -50,6 +50,11 @@ from urllib.parse import urlsplit, urlunsplit
 LOCAL_STORE = "mlflow.db"  # in the repository root, git-ignored
 LOCAL_ARTIFACTS = "mlruns"
 HINT = "check MLFLOW_TRACKING_URI / MLFLOW_TRACKING_TOKEN"
+# A 401 on GitLab's MLflow endpoint in CI is usually a protected MLFLOW_TRACKING_TOKEN: GitLab
+# protects new CI/CD variables by default, and a protected one never reaches an MR branch.
+AUTH_HINT = ("check MLFLOW_TRACKING_TOKEN: it must reach this job (a protected CI/CD variable, "
+             "GitLab's default, reaches protected branches only: unprotect it or protect the "
+             "branch) and be valid here (on GitLab: a token with the api scope)")
 # mlflow's defaults retry an unreachable server for minutes (7 retries, backoff factor 2);
 # the harness makes a handful of calls per case and would rather report the problem quickly.
 # Values the user set win.
@@ -607,7 +612,8 @@ def describe_failure(uri: str, exc: BaseException, local: bool = False) -> tuple
     status = http_status(exc, text)
     if status is not None:
         reason = _rest_message(exc) or _phrase(status)
-        return f"{uri} answered HTTP {status}: {clip(reason, 200)}; {HINT}", True
+        hint = AUTH_HINT if status in (401, 403) else HINT
+        return f"{uri} answered HTTP {status}: {clip(reason, 200)}; {hint}", True
     if local:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"the local MLflow store {uri} failed: {clip(first, 200)}", True

@@ -29,7 +29,12 @@ from nbgate.config import (
     load_config,
 )
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
-from nbgate.contract.baselines import BaselineRun, baseline_metrics, load_baselines
+from nbgate.contract.baselines import (
+    BaselineRun,
+    BaselineUnavailable,
+    baseline_metrics,
+    load_baselines,
+)
 from nbgate.contract.codec import ResultsFileError, case_to_json
 from nbgate.contract.failure_text import render_failure
 from nbgate.contract.model import CUSTOM_KIND, CaseResult, Failure
@@ -56,6 +61,7 @@ class NbgateState:
     selection: CommitSelection | None = None  # from --nbgate-commit
     baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
     baseline_problem: str | None = None  # why --nbgate-baseline could not be read
+    no_baseline: str | None = None  # what `nbgate fetch-baseline` left instead of releases
     session_id: str = ""  # one per pytest session; xdist workers share the controller's
 
     def spec_for(self, case: Case) -> CaseSpec:
@@ -89,6 +95,8 @@ class NbgateState:
 
     def why_no_baseline(self) -> str:
         """What a not-checked baseline rule says when its case has no baseline."""
+        if self.no_baseline:  # fetch-baseline's reason: "no release yet", "GitLab could not …"
+            return self.no_baseline
         if self.baseline_problem:
             return "the baseline could not be read"
         if self.baselines:
@@ -221,6 +229,9 @@ def _load_baselines(config: pytest.Config, state: NbgateState) -> str | None:
         return None
     try:
         state.baselines = load_baselines(Path(config.invocation_params.dir, given), given)
+    except BaselineUnavailable as exc:
+        state.no_baseline = clean_text(str(exc))
+        return state.no_baseline
     except ResultsFileError as exc:
         return clean_text(str(exc))
     return None

@@ -11,6 +11,11 @@ class PublishUsageError(Exception):
     """Bad input on our side (missing reports, bad option): exit 2."""
 
 
+class PublishRefused(Exception):
+    """Nothing was sent, but passing quietly would hide a broken set-up (in CI on a merge
+    request's branch, no token that can post the comment): one line with the fix, exit 1."""
+
+
 class PublishError(Exception):
     """GitLab said no, or could not be reached after retrying: exit 1.
 

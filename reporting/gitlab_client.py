@@ -29,7 +29,7 @@ from gitlab.exceptions import GitlabError
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.redact import Redactor
-from reporting.errors import PublishError, PublishSkipped, PublishUsageError
+from reporting.errors import PublishError, PublishRefused, PublishSkipped, PublishUsageError
 
 T = TypeVar("T")
 
@@ -48,6 +48,17 @@ CONNECTION_ERRORS = (
 REQUEST_ERRORS = (requests.RequestException,)
 TOKEN_VARIABLES = ("REPO_TOKEN", "GITLAB_TOKEN")
 TOKEN_ADVICE = "set REPO_TOKEN (a project access token with the api scope and the Developer role)"
+# GitLab protects new CI/CD variables by default (application_settings.protected_ci_variables
+# DEFAULT true, db/structure.sql), and a protected variable reaches protected refs only: an
+# ordinary merge request branch then runs without REPO_TOKEN.
+# GET /projects/:id/repository/commits/:sha/merge_requests takes a job token only on recent
+# GitLab (job_token_allowed in lib/api/commits.rb, added in 2025); older instances answer 404
+# "Project Not Found", which must not read as a wrong CI_PROJECT_ID.
+JOB_TOKEN_MERGE_REQUESTS = ("a job token may list a commit's merge requests only on GitLab "
+                            "versions from 2025 on (older: 404 \"Project Not Found\")")
+PROTECTION_ADVICE = ("as a CI/CD variable that is not protected (GitLab protects new variables "
+                     "by default, and protected ones reach protected branches only), or protect "
+                     "the merge request branches")
 
 
 # -- outcomes --------------------------------------------------------------------------------
@@ -306,6 +317,24 @@ def connect(
             f"skipped {what}: only CI_JOB_TOKEN is set, and a job token cannot post merge "
             f"request notes or write wiki pages; {TOKEN_ADVICE}")
     return GitLabSession(ctx.api_url, ctx.project_id, token, settings or Settings.from_env(env))
+
+
+def require_note_token(env: Mapping[str, str], what: str) -> None:
+    """In CI on a merge request's branch (an MR pipeline, or a branch pipeline whose
+    CI_OPEN_MERGE_REQUESTS names an MR of this project) a missing note-capable token is a
+    broken set-up, usually a protected REPO_TOKEN: PublishRefused with the fix, not a skip.
+    Elsewhere (not in CI, a branch without an MR) ``connect`` says what it skipped."""
+    ctx = CIContext.from_env(env)
+    iid = ctx.merge_request_iid or ctx.open_merge_request_of_this_project()
+    if not (ctx.ci and ctx.api_url and ctx.project_id and iid):
+        return
+    token = choose_token(env)
+    if token is not None and token.can_write:
+        return
+    have = "only CI_JOB_TOKEN, which cannot post notes," if token else "no GitLab token"
+    raise PublishRefused(
+        f"could not post {what} on !{iid}: this job has {have}; add REPO_TOKEN (a project "
+        f"access token, scope api, role Developer) {PROTECTION_ADVICE}")
 
 
 def connect_unless_dry_run(

@@ -8,15 +8,12 @@ MR opened after the push still finds the candidates its commits made.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from reporting.errors import PublishError
-from reporting.gitlab_client import GitLabSession
+from reporting.gitlab_client import JOB_TOKEN_MERGE_REQUESTS, GitLabSession
 from reporting.packages import Complete, Registry
-
-_OPEN_MR = re.compile(r"!(\d+)")
 
 
 def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | None:
@@ -24,10 +21,9 @@ def merge_request_of(session: GitLabSession | None, ctx: CIContext) -> str | Non
     branch pipeline's list of open MRs, or GitLab's MRs of the commit."""
     if ctx.merge_request_iid:
         return ctx.merge_request_iid
-    if ctx.open_merge_requests:
-        match = _OPEN_MR.search(ctx.open_merge_requests)
-        if match:
-            return match.group(1)
+    listed = ctx.open_merge_request_of_this_project()
+    if listed:
+        return listed
     if session is None or not ctx.commit_sha:
         return None
     endpoint = session.endpoint("GET", f"/repository/commits/{ctx.commit_sha}/merge_requests")
@@ -48,8 +44,14 @@ def merged_request(session: GitLabSession, sha: str) -> dict[str, Any] | None:
     """The merge request that commit ``sha`` merged (merge commit, squash commit, or the MR's
     head for a fast-forward merge), or None."""
     endpoint = session.endpoint("GET", f"/repository/commits/{sha}/merge_requests")
-    found = session.call(endpoint, lambda: list(
-        session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
+    try:
+        found = session.call(endpoint, lambda: list(
+            session.project.commits.get(sha, lazy=True).merge_requests(get_all=True)))
+    except PublishError as exc:
+        if exc.status == 404 and not session.token.can_write:
+            raise PublishError(404, endpoint, f"{JOB_TOKEN_MERGE_REQUESTS}; set REPO_TOKEN "
+                               "(scope api, role Developer) for this job", exc.detail) from None
+        raise
     merged = [mr for mr in found if mr.get("state") == "merged"]
     for mr in merged:
         if sha in (mr.get("merge_commit_sha"), mr.get("squash_commit_sha"), mr.get("sha")):

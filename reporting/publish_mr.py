@@ -35,7 +35,12 @@ from reporting.comment import (
     shown_figures,
 )
 from reporting.errors import PublishSkipped, PublishUsageError
-from reporting.gitlab_client import REQUEST_ERRORS, GitLabSession, connect_unless_dry_run
+from reporting.gitlab_client import (
+    REQUEST_ERRORS,
+    GitLabSession,
+    connect_unless_dry_run,
+    require_note_token,
+)
 from reporting.preview import write_preview
 from reporting.production import production_baseline
 from reporting.reports_folder import (
@@ -72,6 +77,8 @@ def publish_mr(
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
     runs = load_reports(folders)  # a missing folder is exit 2, in CI or not, dry run or not
+    if not dry_run:
+        require_note_token(env, WHAT)
     session = connect_unless_dry_run(env, WHAT, write=True, dry_run=dry_run, echo=echo)
     kinds = kinds_to_publish(runs, kind, folders, "nothing to post")
     if session is not None:
@@ -150,15 +157,8 @@ def find_merge_request(session: GitLabSession, ctx: CIContext) -> int | None:
         iids = [int(mr["iid"]) for mr in found if isinstance(mr, dict) and "iid" in mr]
         if iids:
             return max(iids)  # iids grow with creation: the highest is the newest
-    return _from_open_list(ctx)
-
-
-def _from_open_list(ctx: CIContext) -> int | None:
-    for entry in (ctx.open_merge_requests or "").split(","):
-        project, _, iid = entry.strip().rpartition("!")
-        if iid.isdigit() and (not ctx.project_path or project in ("", ctx.project_path)):
-            return int(iid)
-    return None
+    listed = ctx.open_merge_request_of_this_project()
+    return int(listed) if listed else None
 
 
 # -- baselines -------------------------------------------------------------------------------

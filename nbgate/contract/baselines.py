@@ -19,6 +19,15 @@ from nbgate.contract.model import CaseResult, counterpart
 
 ENV_VAR = "NBGATE_BASELINE"
 RELEASE_SEPARATOR = "@"
+# Written by `nbgate fetch-baseline` into the baseline folder instead of release files when there
+# is nothing to compare with (no release yet; GitLab could not be asked under
+# NBGATE_BASELINE_OPTIONAL=1): one line saying why, which baseline rules then show as their
+# "not checked" reason.
+NOT_CHECKED_FILE = "not-checked.txt"
+
+
+class BaselineUnavailable(ResultsFileError):
+    """The baseline folder says why there is no baseline (its text is the reason)."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,24 @@ def load_baselines(path: Path, shown: str | None = None) -> list[BaselineRun]:
     Raises ResultsFileError naming the file when one cannot be read."""
     if path.is_dir():
         files = sorted(path.glob("*.json"))
+        why = path / NOT_CHECKED_FILE
+        if not files and why.is_file():
+            reason = " ".join(why.read_text(encoding="utf-8", errors="replace").split())
+            raise BaselineUnavailable(reason or "no baseline")
         if not files:
             raise ResultsFileError(f"{shown or path}: the folder holds no baseline (*.json)")
         return [_run(f, f.name) for f in files]
     return [_run(path, shown or os.fspath(path))]
+
+
+def write_not_checked(folder: Path, reason: str) -> Path:
+    """Leave only ``reason`` in the baseline folder: no release file lingers beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        stale.unlink()
+    path = folder / NOT_CHECKED_FILE
+    path.write_text(reason.strip() + "\n", encoding="utf-8")
+    return path
 
 
 def _run(path: Path, shown: str) -> BaselineRun:

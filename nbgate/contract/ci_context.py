@@ -63,6 +63,18 @@ class CIContext:
             open_merge_requests=get("CI_OPEN_MERGE_REQUESTS"),
         )
 
+    def open_merge_request_of_this_project(self) -> str | None:
+        """The first iid in CI_OPEN_MERGE_REQUESTS ("group/project!7,upstream/project!12") whose
+        project is this one (CI_PROJECT_PATH). A fork's branch lists the upstream project's MR,
+        whose iid means nothing here; without CI_PROJECT_PATH nothing can be told apart."""
+        if not self.project_path:
+            return None
+        for entry in (self.open_merge_requests or "").split(","):
+            project, _, iid = entry.strip().rpartition("!")
+            if iid.isdigit() and project == self.project_path:
+                return iid
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -684,6 +684,9 @@ def test_bad_token_fails_the_case_with_uri_and_status(
     message = result["failure"]["message"]
     assert result["failure"]["kind"] == "tracking"
     assert f"{proxy.url} answered HTTP 401" in message and "MLFLOW_TRACKING_TOKEN" in message
+    # The usual cause in CI: a protected variable (GitLab's default) never reaches an MR branch.
+    assert "a protected CI/CD variable, GitLab's default, reaches protected branches only" in (
+        message)
     assert f"{proxy.url} answered HTTP 401" in output
     assert WRONG_TOKEN not in output
     for path in [*(root / "reports").rglob("*"), root / "results.json"]:

@@ -85,7 +85,8 @@ def clean_env(home: Path) -> dict[str, str]:
     # gitlab-ci-local warns about overriding these predefined variables; overriding them is the
     # point of these tests.
     env["GCL_IGNORE_PREDEFINED_VARS"] = (
-        "CI_COMMIT_MESSAGE,CI_COMMIT_TITLE,CI_PIPELINE_SOURCE,CI_API_V4_URL,CI_PROJECT_ID")
+        "CI_COMMIT_MESSAGE,CI_COMMIT_TITLE,CI_PIPELINE_SOURCE,CI_API_V4_URL,CI_PROJECT_ID,"
+        "CI_COMMIT_TAG,CI_COMMIT_BRANCH")
     return env
 
 
@@ -308,6 +309,14 @@ SITUATIONS = [
     ("dockerfile-change-schedule", "dockerfile", SCHEDULE, SCORE_SCHEDULE),
     ("dockerfile-change-schedule-build-forced", "dockerfile",
      {**SCHEDULE, "BUILD_DS_IMAGE": "true"}, SCORE_SCHEDULE),
+    # A tag pipeline (CI_COMMIT_TAG set, no CI_COMMIT_BRANCH) on a `train …`/`score …` commit
+    # runs the tests only: no training, scoring or publishing named after the tag.
+    ("tag-on-a-train-commit", "plain",
+     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
+     TEST),
+    ("tag-on-a-score-commit", "main",
+     {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
+     TEST),
     ("manual-run-building-the-image", "plain",
      {"CI_PIPELINE_SOURCE": "web", "BUILD_DS_IMAGE": "true", "CI_COMMIT_MESSAGE": "Fix typo"},
      BUILD | TEST),
@@ -551,6 +560,29 @@ def test_train_pipeline_in_the_shell_trains_comments_and_publishes(
     files = {f.file_name: f.data for f in package.files}
     assert files["tiny.txt"] == b"cpu" and set(files) >= {"tiny.txt", "metrics.json"}
     assert "production baseline" in log or "no release" in log  # fetch-baseline said why
+
+
+def test_train_job_fails_before_pytest_when_gitlab_refuses_the_baseline(
+    gcl: str, job_repo: Callable[[str], Path], gitlab_standin: GitLabStandIn
+) -> None:
+    """A 401 from the package registry is not "no baseline": the job stops at fetch-baseline,
+    naming status and endpoint, and no case runs. NBGATE_BASELINE_OPTIONAL=1 lets it train."""
+    title = "train notebooks/tiny_train.ipynb"
+    repo = job_repo(title)
+    variables = {"CI_COMMIT_MESSAGE": title, "CI_PIPELINE_SOURCE": "push",
+                 "CI_API_V4_URL": gitlab_standin.api_url,
+                 "CI_PROJECT_ID": str(gitlab_standin.project_id),
+                 "REPO_TOKEN": "glpat-revoked-token-00000"}
+    done = run_job(gcl, repo, ["train-cpu"], variables)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "nbgate fetch-baseline: error: GitLab answered 401 for GET /projects/42/packages" in log
+    assert "collected" not in log and "PASSED" not in log
+    done = run_job(gcl, repo, ["train-cpu"], {**variables, "NBGATE_BASELINE_OPTIONAL": "1"})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "nbgate fetch-baseline: GitLab could not be asked (GitLab answered 401" in log
+    assert "notebooks/tiny_train.ipynb::train[cpu] PASSED" in log
 
 
 def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path]) -> None:

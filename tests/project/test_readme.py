@@ -130,7 +130,9 @@ def test_commands_that_run_here_run_as_typed(after_training: Path) -> None:
         typed = command
         if " publish " in f" {command} " and "--dry-run" not in command:
             typed += " --dry-run"
-        if program(command).endswith("nbgate") and command.split()[-1] in ("fetch-artifact",):
+        # These two need a live GitLab (doctor asks the instance named in CI_SERVER_URL).
+        if program(command).endswith("nbgate") and command.split()[-1] in ("fetch-artifact",
+                                                                             "doctor"):
             continue
         done = run(typed, after_training)
         if done.returncode != 0:

@@ -132,6 +132,37 @@ def test_no_token_is_one_line_and_exit_0(
     assert gitlab_standin.request_log == []
 
 
+@pytest.mark.parametrize("pipeline", [
+    {"CI_MERGE_REQUEST_IID": "7"},  # a merge request pipeline
+    {"CI_OPEN_MERGE_REQUESTS": "group/project!7"},  # a branch pipeline of an MR's branch
+])
+@pytest.mark.parametrize("token", ["job", "none"])
+def test_on_an_mr_branch_without_a_note_token_publish_mr_fails_in_one_line(
+    capsys: pytest.CaptureFixture[str], gitlab_standin: GitLabStandIn, tmp_path: Path,
+    pipeline: dict[str, str], token: str,
+) -> None:
+    """The usual cause: REPO_TOKEN is a protected variable (GitLab's default for new variables,
+    application_settings.protected_ci_variables in db/structure.sql) and the MR branch is not
+    protected, so the job sees only CI_JOB_TOKEN. Skipping with exit 0 would hide it on every
+    MR; the job's allow_failure turns the exit 1 into a warning, not a red pipeline."""
+    root = project(tmp_path)
+    gitlab_standin.add_merge_request(7, sha=SHA)
+    jobs = {"CI_JOB_TOKEN": gitlab_standin.job_token} if token == "job" else {}
+    env = ci_env(gitlab_standin, REPO_TOKEN="", **jobs, **pipeline)
+    code, out, err = run_main(capsys, root, "publish", "mr", env=env)
+    assert (code, out) == (1, "")
+    have = "only CI_JOB_TOKEN, which cannot post notes," if token == "job" else "no GitLab token"
+    assert err == (
+        f"nbgate publish mr: error: could not post the merge request comment on !7: this job "
+        f"has {have}; add REPO_TOKEN (a project access token, scope api, role Developer) as a "
+        "CI/CD variable that is not protected (GitLab protects new variables by default, and "
+        "protected ones reach protected branches only), or protect the merge request branches\n")
+    assert gitlab_standin.request_log == []
+    # Outside CI the same command is still one line and exit 0 (nothing is wrong there).
+    code, out, err = run_main(capsys, root, "publish", "mr", env={})
+    assert (code, err) == (0, "") and out.count("\n") == 1 and "not in GitLab CI" in out
+
+
 def test_missing_reports_folder_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:

@@ -264,3 +264,28 @@ def test_a_baseline_rule_fails_against_the_named_release(
     assert body.split("\n")[1].startswith(f"### ❌ Training failed — 1 of 1 case failed: "
                                            f"{why.replace('<', '&lt;')}")
 
+
+
+def test_promote_with_a_job_token_on_an_older_gitlab_says_why_it_got_404(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GitLab takes CI_JOB_TOKEN on GET /repository/commits/:sha/merge_requests only since 2025
+    (job_token_allowed in lib/api/commits.rb; doc/ci/jobs/ci_job_token.md lists it); older
+    instances answer 404 "Project Not Found", which is no reason to check CI_PROJECT_ID."""
+    root = project(tmp_path)
+    gitlab_standin.add_merge_request(7, sha=BRANCH_SHA, state="merged", merge_commit_sha=MERGE_SHA)
+    env = job_env(gitlab_standin, "1003", MERGE_SHA, "main", REPO_TOKEN="",
+                  CI_JOB_TOKEN=gitlab_standin.job_token)
+    code, out = nbgate(root, env, "promote", capsys=capsys)
+    assert code == 1
+    [line] = out.splitlines()
+    assert line.startswith(f"nbgate promote: error: GitLab answered 404 for GET /projects/42/"
+                           f"repository/commits/{MERGE_SHA}/merge_requests (404 Project Not "
+                           "Found): a job token may list a commit's merge requests only on "
+                           "GitLab versions from 2025 on")
+    assert "CI_PROJECT_ID" not in line and line.endswith("set REPO_TOKEN (scope api, role "
+                                                         "Developer) for this job")
+    # A GitLab that takes the job token there gets on with it (here: no candidate to release).
+    gitlab_standin.job_token_lists_commit_merge_requests = True
+    code, out = nbgate(root, env, "promote", capsys=capsys)
+    assert code == 0 and "nothing to promote: !7 has no passing candidate" in out, out

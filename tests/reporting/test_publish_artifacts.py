@@ -131,6 +131,25 @@ def test_a_branch_publishes_a_candidate_that_names_branch_and_mr(
     assert [r.query.get("status") for r in puts] == ["hidden"] * 3 + ["default"]
 
 
+@pytest.mark.parametrize(("listed", "named"), [
+    ("group/project!7", "1.0.0-feature+"),  # the upstream project's MR: not ours
+    ("group/project!7,fork/project!3", "1.0.0-mr3.feature+"),
+])
+def test_a_forks_candidate_names_only_an_mr_of_its_own_project(
+    gitlab_standin: GitLabStandIn, tmp_path: Path, listed: str, named: str
+) -> None:
+    """A branch of a fork lists the upstream project's open MRs in CI_OPEN_MERGE_REQUESTS
+    ("upstream/project!7"); that iid numbers another project's MRs, so a candidate of the fork
+    (CI_PROJECT_PATH fork/project) takes only an entry that names its own project."""
+    config = make_project(tmp_path, version="1.0.0")
+    trained(tmp_path)
+    env = ci_env(gitlab_standin, CI_COMMIT_REF_NAME="feature", CI_PROJECT_PATH="fork/project",
+                 CI_OPEN_MERGE_REQUESTS=listed)
+    out = upload(gitlab_standin, tmp_path, config, env=env)
+    [package] = gitlab_standin.packages()
+    assert package.version.startswith(named), out.text
+
+
 def test_the_default_branch_publishes_a_release(
     gitlab_standin: GitLabStandIn, tmp_path: Path
 ) -> None:

@@ -407,6 +407,10 @@ def test_open_merge_requests_variable_is_the_last_resort(
                  CI_OPEN_MERGE_REQUESTS="other/fork!5,group/project!3")
     out = publish(gitlab_standin, [reports], env=env)
     assert "on !3" in out.text and len(nbgate_notes(gitlab_standin, 3)) == 1
+    # A fork's branch lists only the upstream project's MR: that iid is not this project's.
+    fork = {**env, "CI_OPEN_MERGE_REQUESTS": "other/fork!5"}
+    with pytest.raises(PublishSkipped, match="no open merge request"):
+        publish(gitlab_standin, [reports], env=fork)
 
 
 def test_no_merge_request_is_one_line_and_nothing_posted(
@@ -581,9 +585,11 @@ def test_a_5000_case_comment_stays_under_gitlabs_note_limit_with_capped_uploads(
     assert len(rows) == MAX_TABLE_ROWS and all("❌" in row for row in rows)
 
 
-def test_only_a_job_token_says_it_cannot_post(mr: GitLabStandIn, tmp_path: Path) -> None:
+def test_only_a_job_token_on_a_branch_without_an_mr_is_a_skip(
+    mr: GitLabStandIn, tmp_path: Path
+) -> None:
     reports = write_reports(tmp_path / "reports", [train_case()])
-    env = ci_env(mr, CI_MERGE_REQUEST_IID="7", REPO_TOKEN="", CI_JOB_TOKEN=mr.job_token)
+    env = ci_env(mr, REPO_TOKEN="", CI_JOB_TOKEN=mr.job_token)  # no MR names this branch
     with pytest.raises(PublishSkipped, match="a job token cannot post merge request notes"):
         publish(mr, [reports], env=env)
     assert mr.request_log == []

@@ -613,3 +613,55 @@ def test_a_delay_makes_a_short_timeout_fire(gitlab_standin: GitLabStandIn) -> No
 def test_fail_next_takes_only_error_statuses(gitlab_standin: GitLabStandIn) -> None:
     with pytest.raises(ValueError, match="4xx or 5xx"):
         gitlab_standin.fail_next(1, 200)
+
+
+# -- what `nbgate doctor` reads -----------------------------------------------------------------
+
+
+def test_version_token_and_project_answer_in_gitlabs_shapes(
+    gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    """doc/api/version.md, doc/api/personal_access_tokens.md ("Self-inform"),
+    doc/api/projects.md ("Get a single project": packages_enabled, wiki_access_level,
+    permissions)."""
+    assert gl.http_get("/version") == {"version": "17.5.1-ee", "revision": "0a1b2c3d"}
+    own = gl.http_get("/personal_access_tokens/self")
+    assert isinstance(own, dict)
+    assert set(own) == {"id", "name", "revoked", "created_at", "description", "scopes",
+                        "user_id", "last_used_at", "active", "expires_at"}
+    assert (own["scopes"], own["active"], own["user_id"]) == (["api"], True, 1)
+    project = gl.projects.get(42).attributes
+    assert project["path_with_namespace"] == "group/project"
+    assert (project["packages_enabled"], project["wiki_enabled"],
+            project["wiki_access_level"]) == (True, True, "enabled")
+    assert project["permissions"] == {
+        "project_access": {"access_level": 40, "notification_level": 3}, "group_access": None}
+
+
+def test_a_job_token_is_not_taken_where_gitlab_does_not_list_it(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    """doc/ci/jobs/ci_job_token.md, "Job token access": not /version, not the token endpoint,
+    not the project itself (GitLab then sees no user: 401). The commit's merge requests: only
+    on GitLab from 2025 (job_token_allowed in lib/api/commits.rb), older ones answer 404."""
+    for path in ("/version", "/personal_access_tokens/self", "/projects/42"):
+        with pytest.raises(gitlab.GitlabAuthenticationError):
+            job_gl.http_get(path)
+    gitlab_standin.add_merge_request(3, sha=SHA)
+    commit = job_gl.projects.get(42, lazy=True).commits.get(SHA, lazy=True)
+    with pytest.raises(gitlab.GitlabGetError) as caught:
+        commit.merge_requests()
+    assert (caught.value.response_code, caught.value.error_message) == (
+        404, "404 Project Not Found")
+    gitlab_standin.job_token_lists_commit_merge_requests = True
+    assert [mr["iid"] for mr in commit.merge_requests()] == [3]
+
+
+def test_a_disabled_package_registry_forbids_package_calls(
+    job_gl: gitlab.Gitlab, gitlab_standin: GitLabStandIn
+) -> None:
+    gitlab_standin.packages_enabled = False
+    packages = job_gl.projects.get(42, lazy=True).packages
+    with pytest.raises(gitlab.GitlabListError) as caught:
+        packages.list(get_all=True)
+    assert caught.value.response_code == 403

@@ -239,17 +239,59 @@ def package_file_json(package: Package, file: PackageFile) -> dict[str, Any]:
             "file_name": file.file_name, "size": len(file.data), **digests, "pipelines": []}
 
 
-# -- user ---------------------------------------------------------------------------------------
+# -- user, version, token, project ----------------------------------------------------------------
 
 
 def get_user(state: GitLabState, req: Request) -> Response:
     return json_response(200, user_json(req.user, req.base))
 
 
+def get_version(state: GitLabState, req: Request) -> Response:
+    """``GET /version`` (doc/api/version.md, lib/api/version.rb: ``authenticate!``)."""
+    return json_response(200, {"version": state.version, "revision": "0a1b2c3d"})
+
+
+def get_own_token(state: GitLabState, req: Request) -> Response:
+    """``GET /personal_access_tokens/self`` (doc/api/personal_access_tokens.md, "Self-inform",
+    GitLab 15.5): the token that authenticated the request. Project access tokens are personal
+    access tokens of the project's bot user, so they answer too."""
+    token = req.token
+    assert token is not None
+    return json_response(200, {
+        "id": token.id, "name": token.name, "revoked": False,
+        "created_at": "2025-01-01T00:00:00.000Z", "description": "",
+        "scopes": list(token.scopes), "user_id": token.user.id,
+        "last_used_at": None, "active": True, "expires_at": token.expires_at,
+    })
+
+
+def get_project(state: GitLabState, req: Request) -> Response:
+    """``GET /projects/:id`` (doc/api/projects.md, "Get a single project"), the fields nbgate
+    reads: ``packages_enabled``, ``wiki_enabled``/``wiki_access_level`` and ``permissions``
+    (the token user's role: ``project_access`` for a direct member, else null)."""
+    token = req.token
+    assert token is not None
+    level = {"access_level": token.access_level, "notification_level": 3}
+    namespace, _, path = state.project_path.rpartition("/")
+    return json_response(200, {
+        "id": state.project_id, "name": path, "path": path,
+        "path_with_namespace": state.project_path, "default_branch": "main",
+        "web_url": f"{req.base}/{state.project_path}", "visibility": "private",
+        "namespace": {"full_path": namespace},
+        "packages_enabled": state.packages_enabled,
+        "wiki_enabled": state.wiki_access_level != "disabled",
+        "wiki_access_level": state.wiki_access_level,
+        "permissions": {"project_access": level, "group_access": None},
+    })
+
+
 # -- merge requests of a commit -----------------------------------------------------------------
 
 
 def commit_merge_requests(state: GitLabState, req: Request) -> Response:
+    if req.token is not None and req.token.kind == "job" and \
+            not state.job_token_lists_commit_merge_requests:
+        raise not_found("Project")
     sha = req.params["sha"]
     if sha not in state.db.commits:
         raise not_found("Commit")
@@ -535,6 +577,10 @@ class Route:
     template: str
     handler: Handler
     allow_job_token: bool = False  # what a CI_JOB_TOKEN may call; anything else answers 403
+    # Routes that do not take a job token at all (not in doc/ci/jobs/ci_job_token.md's "Job
+    # token access" table): the request counts as unauthenticated, and ``authenticate!`` answers
+    # 401.
+    job_token_unauthenticated: bool = False
     pattern: re.Pattern[str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -555,7 +601,11 @@ _PACKAGE = "/projects/:id/packages/generic/:name/:version/:file_name"
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/user", get_user),
-    Route("GET", "/projects/:id/repository/commits/:sha/merge_requests", commit_merge_requests),
+    Route("GET", "/version", get_version, job_token_unauthenticated=True),
+    Route("GET", "/personal_access_tokens/self", get_own_token, job_token_unauthenticated=True),
+    Route("GET", "/projects/:id", get_project, job_token_unauthenticated=True),
+    Route("GET", "/projects/:id/repository/commits/:sha/merge_requests", commit_merge_requests,
+          allow_job_token=True),
     Route("GET", f"{_MR}/commits", merge_request_commits),
     Route("GET", f"{_MR}/notes", list_notes, allow_job_token=True),
     Route("POST", f"{_MR}/notes", create_note),
@@ -610,6 +660,12 @@ def dispatch(state: GitLabState, req: Request) -> Response:
     if "id" in params and not (state.is_project(params["id"]) and req.token.project_access):
         raise not_found("Project")
     if req.token.kind == "job" and not route.allow_job_token:
+        if route.job_token_unauthenticated:
+            raise ApiError(401, {"message": "401 Unauthorized"})
+        raise forbidden()
+    if "/packages" in route.template and not state.packages_enabled:
+        # The project's package registry is off: GitLab's package policies deny read_package /
+        # create_package, and lib/api/helpers/packages_helpers.rb answers forbidden!.
         raise forbidden()
     req.params = params
     with state.lock:

@@ -33,6 +33,10 @@ class User:
     name: str
 
 
+# GitLab's access levels (doc/api/members.md, "Roles"): what ``permissions`` reports.
+REPORTER, DEVELOPER, MAINTAINER = 20, 30, 40
+
+
 @dataclass
 class Token:
     value: str
@@ -40,6 +44,13 @@ class Token:
     user: User
     # A valid token whose user is not a project member: GitLab answers 404, not 403.
     project_access: bool = True
+    # What GET /personal_access_tokens/self tells about a personal/project access token, and the
+    # role of its user in the project (GET /projects/:id, permissions.project_access).
+    id: int = 0
+    name: str = "nbgate"
+    scopes: tuple[str, ...] = ("api",)
+    access_level: int = MAINTAINER
+    expires_at: str | None = "2027-01-01"
 
 
 @dataclass
@@ -223,8 +234,17 @@ class GitLabState:
         username: str = "nbgate-bot",
         job_username: str = "pipeline-user",
         allow_duplicate_packages: bool = True,
+        version: str = "17.5.1-ee",
     ) -> None:
         self.project_id = project_id
+        # GET /version; the project's features as GET /projects/:id shows them.
+        self.version = version
+        self.packages_enabled = True
+        self.wiki_access_level = "enabled"  # "disabled", "private" or "enabled"
+        # Whether GET /repository/commits/:sha/merge_requests takes a CI_JOB_TOKEN: only recent
+        # GitLab (job_token_allowed in lib/api/commits.rb, 2025; doc/ci/jobs/ci_job_token.md
+        # lists it). Older instances do not find the project for a job token there: 404.
+        self.job_token_lists_commit_merge_requests = False
         self.project_path = project_path
         self.private_token = private_token
         self.job_token = job_token
@@ -249,10 +269,12 @@ class GitLabState:
 
     def add_token(
         self, value: str, *, username: str, kind: TokenKind = "private",
-        project_access: bool = True,
+        project_access: bool = True, scopes: tuple[str, ...] = ("api",),
+        access_level: int = MAINTAINER,
     ) -> Token:
         with self.lock:
-            token = Token(value, kind, self.add_user(username), project_access)
+            token = Token(value, kind, self.add_user(username), project_access,
+                          len(self._tokens) + 1, f"{username} token", scopes, access_level)
             self._tokens[value] = token
             return token
 
