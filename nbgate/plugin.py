@@ -37,6 +37,7 @@ from nbgate.contract.session import SessionResults, session_key
 from nbgate.contract.text import clean_text
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
+from nbgate.option_paths import redetermine_setup, spaced, value_options
 from nbgate.thresholds import parse_threshold
 from nbgate.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 
@@ -137,6 +138,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="folder for reports and executed notebooks (default: [tool.nbgate] reports)",
     )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own, which reads rootdir and testpaths
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    # `--nbgate-reports /tmp/x`: pytest chose its rootdir before it knew the option (see
+    # nbgate/option_paths.py).
+    if spaced(args, value_options(parser)):
+        redetermine_setup(early_config, args)
 
 
 def _pyproject(config: pytest.Config) -> Path:

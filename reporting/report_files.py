@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +59,18 @@ def write_reports(
         return Path(os.path.relpath(root / path, reports)).as_posix()
 
     shard = {"index": session.shard[0], "total": session.shard[1]} if session.shard else None
+    reports_dir = _inside(reports, root)
     renderers: dict[str, Callable[[], str]] = {
         "summary.md": lambda: render_summary(
             results, pipeline=pipeline, baseline=baseline, baseline_reason=baseline_reason,
             interrupted=session.interrupted, not_run=not_run, link_for=link_for, root=root),
         "junit.xml": lambda: junit_xml(results),
         "metrics.json": lambda: dumps_metrics(metrics_document(
-            results, pipeline=pipeline,
+            results if reports_dir is not None else [_from_reports(r, reports) for r in results],
+            pipeline=pipeline,
             baseline=_baseline_record(baseline, results),
-            interrupted=session.interrupted, not_run=not_run, shard=shard)),
+            interrupted=session.interrupted, not_run=not_run, shard=shard,
+            reports_dir=reports_dir, missing_shards=session.missing_shards)),
         "metrics.txt": lambda: metrics_txt(results),
     }
     links = annotations(results)
@@ -83,6 +86,33 @@ def write_reports(
         else:
             written.files.append(reports / name)
     return written
+
+
+def _inside(reports: Path, root: Path) -> str | None:
+    """metrics.json's ``reports_dir``: the reports folder from the repository root, or None
+    when it lies outside (``--nbgate-reports /tmp/x``)."""
+    try:
+        return reports.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _from_reports(result: CaseResult, reports: Path) -> CaseResult:
+    """A result whose files lie in a reports folder outside the repository, with their paths
+    relative to that folder: the form metrics.json's schema reads when ``reports_dir`` is null
+    (an absolute path would name a folder of one machine only)."""
+
+    def relative(path: str) -> str:
+        try:
+            return Path(path).resolve().relative_to(reports.resolve()).as_posix()
+        except ValueError:
+            return path
+
+    return replace(
+        result,
+        executed_notebook=relative(result.executed_notebook) if result.executed_notebook
+        else None,
+        figures={name: relative(path) for name, path in result.figures.items()})
 
 
 def _baseline_record(baseline: Baseline | None, results: Sequence[CaseResult]) \

@@ -7,7 +7,9 @@ Schema of the document; readers validate against it, so a bad file is refused na
 
 Schema history: 1 keyed cases by ``case_id`` and kept each threshold as rule text; 2 names the
 key ``id`` (as the product contract does) and keeps each rule as data (operator, amount,
-baseline form). Version 1 files are still read.
+baseline form); 3 adds ``reports_dir`` (where the reports folder was; null when outside the
+repository, and then the paths of the files written there are relative to it) and, in merged
+reports, ``missing_shards``. Versions 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
+from nbgate.contract.json_file import JSONFileError, parse_json, read_json
 from nbgate.contract.model import (
     CaseResult,
     Failure,
@@ -31,8 +34,9 @@ from nbgate.contract.model import (
 )
 from nbgate.contract.text import clean_text
 
-SCHEMA = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)
+_SINCE_3 = ("reports_dir", "missing_shards")  # not in schema 2
 SCHEMA_FILE = Path(__file__).with_name("metrics.schema.json")
 
 
@@ -166,6 +170,9 @@ class MetricsDocument:
     shard: dict[str, int] | None = None  # {"index": k, "total": n} for a sharded run
     generated_at: str | None = None
     schema: int = SCHEMA
+    reports_dir: str | None = None  # the reports folder from the repository root; None: outside
+    # merged reports: {"job", "index", "total", "cases"} of each shard that left no reports
+    missing_shards: list[dict[str, Any]] = field(default_factory=list)
 
 
 def metrics_document(
@@ -177,6 +184,8 @@ def metrics_document(
     not_run: Sequence[str] = (),
     shard: Mapping[str, int] | None = None,
     now: datetime | None = None,
+    reports_dir: str | None = None,
+    missing_shards: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The metrics.json document for ``results`` (exact values; other reports round)."""
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -185,7 +194,9 @@ def metrics_document(
         "generated_at": stamp,
         "interrupted": interrupted,
         "not_run": list(not_run),
+        "missing_shards": [dict(m) for m in missing_shards],
         "shard": dict(shard) if shard else None,
+        "reports_dir": reports_dir,
         "pipeline": _json_safe(pipeline.to_dict()),
         "baseline": _json_safe(dict(baseline)) if baseline else None,
         "cases": [case_to_json(r) for r in results],
@@ -205,9 +216,9 @@ def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.j
     """
     if isinstance(data, (str, bytes)):
         try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ResultsFileError(f"{source}: not valid JSON: {exc}") from None
+            data = parse_json(data, source)
+        except JSONFileError as exc:
+            raise ResultsFileError(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ResultsFileError(f"{source}: not an nbgate metrics.json (expected a JSON object)")
     schema = data.get("schema")
@@ -237,6 +248,8 @@ def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.j
         shard=dict(data["shard"]) if data.get("shard") else None,
         generated_at=data.get("generated_at"),
         schema=schema,
+        reports_dir=data.get("reports_dir"),
+        missing_shards=[dict(m) for m in data.get("missing_shards") or []],
     )
 
 
@@ -244,10 +257,10 @@ def load_metrics(path: str | Path) -> MetricsDocument:
     """Read a metrics.json file; ``ResultsFileError`` when missing, unreadable or invalid."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return read_metrics(raw, str(path))
+        document = read_json(path)
+    except JSONFileError as exc:
+        raise ResultsFileError(str(exc)) from None
+    return read_metrics(document, str(path))
 
 
 def validate_document(data: Mapping[str, Any], source: str) -> None:
@@ -268,8 +281,11 @@ def _schema(version: int) -> dict[str, Any]:
     document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     if version == SCHEMA:
         return document
-    # The previous version is kept inside the published file under $defs, so one file documents
-    # what this nbgate reads.
+    if version == 2:
+        # Version 2 is this one without the fields 3 added: one file documents what is read.
+        properties = {k: v for k, v in document["properties"].items() if k not in _SINCE_3}
+        return {**document, "properties": {**properties, "schema": {"const": 2}}}
+    # Version 1 is kept inside the published file under $defs.
     return {"$schema": document["$schema"], "$defs": document["$defs"],
             **document["$defs"][f"schema{version}"]}
 

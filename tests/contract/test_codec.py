@@ -99,7 +99,7 @@ def test_a_schema_1_file_written_before_the_change_still_reads() -> None:
      r"cases\[0\]\.executed_notebook"),
     (lambda d: d["cases"][0]["metrics"].update(x="high"), r"cases\[0\]\.metrics\.x"),
     (lambda d: d.update(cases={}), r"cases: .* is not of type .array."),
-    (lambda d: d.update(schema=3), r"schema: 3 is not a metrics.json schema"),
+    (lambda d: d.update(schema=4), r"schema: 4 is not a metrics.json schema"),
 ])
 def test_a_bad_file_is_refused_naming_the_field(mutate, field: str) -> None:
     document = json.loads(dumps_metrics(metrics_document([full_case()], pipeline=CIContext())))
