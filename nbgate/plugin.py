@@ -26,6 +26,7 @@ from nbgate.config import (
     ConfigError,
     NbgateConfig,
     ParameterSource,
+    json_parameters,
     load_config,
 )
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
@@ -438,6 +439,10 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             rules = tuple(parse_threshold(k, v) for k, v in (thresholds or {}).items())
         except ValueError as exc:
             raise pytest.UsageError(f"run_notebook({rel!r}): thresholds: {exc}") from None
+        # Checked as [tool.nbgate] tables are, before any kernel starts.
+        parameters = json_parameters(
+            "parameters", parameters if parameters is not None else {},
+            lambda key, problem: pytest.UsageError(f"run_notebook({rel!r}): {key}: {problem}"))
         config = state.config
         declared = config.runners.get(runner) if config is not None else None
         if config is not None and declared is None:
@@ -459,7 +464,7 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             kind=CUSTOM_KIND,
             runner=runner,
             slug=slugify(case_id.replace("::", "-")),
-            parameters=parameters or {},
+            parameters=parameters,
             parameters_from="run_notebook",
             shared_parameters=shared,
             thresholds=rules,

@@ -11,6 +11,10 @@ class PublishUsageError(Exception):
     """Bad input on our side (missing reports, bad option): exit 2."""
 
 
+class ReportsIncomplete(Exception):
+    """Merged reports that miss cases (a shard left no reports): written, but exit 1."""
+
+
 class PublishError(Exception):
     """GitLab said no, or could not be reached after retrying: exit 1.
 
