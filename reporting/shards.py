@@ -47,7 +47,6 @@ class ShardFile:
     split: str  # the split's fingerprint
     pipeline_id: str | None
     commit_sha: str | None
-    selected: int  # cases selected before the split, all shards together
     cases: tuple[str, ...]  # this shard's
     split_cases: tuple[tuple[str, ...], ...]  # every shard's, by index - 1
 
@@ -122,10 +121,10 @@ def _read_shard_file(path: Path) -> ShardFile:
         raise bad(f"schema: {schema!r} is not a shard.json schema this nbgate reads "
                   f"({', '.join(map(str, READABLE_SHARD_SCHEMAS))}): run every shard of the "
                   "job with this nbgate")
-    for key in ("index", "total", "selected"):
+    for key in ("index", "total"):
         value = data.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(f"{key}: expected a whole number, found {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(f"{key}: expected a whole number from 1, found {value!r}")
     if not 1 <= data["index"] <= data["total"]:
         raise bad(f"index: {data['index']} is not a shard of 1..{data['total']}")
     cases = _ids(data.get("cases"), "cases", bad)
@@ -140,8 +139,7 @@ def _read_shard_file(path: Path) -> ShardFile:
             raise bad(f"{key}: expected text, found {value!r}")
         texts[key] = value
     return ShardFile(path, texts["job"] or "", data["index"], data["total"], texts["split"] or "",
-                     texts["pipeline_id"], texts["commit_sha"], data["selected"], cases,
-                     split_cases)
+                     texts["pipeline_id"], texts["commit_sha"], cases, split_cases)
 
 
 def _ids(value: Any, where: str, bad: Any) -> tuple[str, ...]:

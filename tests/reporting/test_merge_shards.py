@@ -204,3 +204,19 @@ def test_two_different_results_for_one_case_are_refused_identical_copies_merge(
     assert code == 2, out
     assert (f"train-cpu-1-of-3/metrics.json and {old}/metrics.json hold different results "
             f"for {document.cases[0].case_id} (passed and failed)") in out
+
+
+def test_a_shard_json_of_an_older_nbgate_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str], project: Path, tmp_path: Path
+) -> None:
+    """Schema 1 named only the shard's own cases: a merge could not say what a missing shard
+    was to run, so it is refused rather than merged as if whole."""
+    jobs = jobs_folder(project, tmp_path, 1, 2, 3)
+    path = jobs / "train-cpu-2-of-3" / "shard.json"
+    old = json.loads(path.read_text())
+    del old["split_cases"]
+    path.write_text(json.dumps({**old, "schema": 1}))
+    code, out = merge(capsys, project, tmp_path / "merged", jobs)
+    assert code == 2, out
+    assert ("train-cpu-2-of-3/shard.json: schema: 1 is not a shard.json schema this nbgate "
+            "reads (2): run every shard of the job with this nbgate") in out
