@@ -5,7 +5,8 @@ This is the one place that composes the harness (``nbgate``) and the reporting p
 
     0  done, or skipped with one line saying why (not in CI, no token, no merge request)
     1  GitLab said no (401/403/404/400) or stayed unreachable after retries; in CI on a merge
-       request's branch, no token that can post the comment
+       request's branch, no token that can post the comment; merged reports that miss a
+       shard's cases (written all the same; ``--allow-incomplete`` makes it 0)
     2  bad input: options, [tool.nbgate], a missing reports folder or output file
 
 Heavy modules (python-gitlab, requests, tabulate) are imported inside the commands so that
@@ -125,12 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         "merge-reports", parents=[common],
         help="merge the reports of several jobs (shards, CPU and GPU) into one set",
         description="Write one metrics.json, metrics.txt, junit.xml and summary.md for every "
-        "case in the given reports folders (e.g. nbgate-jobs/, one folder per job or shard), "
-        "and name the shards that left no reports.")
+        "case in the given reports folders (e.g. nbgate-jobs/, one folder per job or shard). "
+        "The cases of a shard that left no reports are listed as not run in every file, and "
+        "the command exits 1; shards of different pipelines, commits or splits, and two "
+        "different results for one case, are refused (exit 2).")
     merge.add_argument("--reports", type=Path, action="append", required=True, metavar="DIR",
                        help="a reports folder or a folder of job folders; repeatable")
     merge.add_argument("--into", type=Path, required=True, metavar="DIR",
                        help="where to write the merged reports")
+    merge.add_argument("--allow-incomplete", action="store_true",
+                       help="exit 0 when shards are missing (the files say so all the same): "
+                       "for jobs that post whatever ran")
     merge.set_defaults(handler=_merge_reports)
 
     doctor = commands.add_parser(
@@ -171,7 +177,13 @@ def _label(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., None]) -> int:
     """Run ``body(config, echo)`` with the project's config; map outcomes to exit codes."""
     from nbgate.config import ConfigError, load_config
-    from reporting.errors import PublishError, PublishRefused, PublishSkipped, PublishUsageError
+    from reporting.errors import (
+        PublishError,
+        PublishRefused,
+        PublishSkipped,
+        PublishUsageError,
+        ReportsIncomplete,
+    )
     from reporting.gitlab_client import scrubber
 
     scrub = scrubber(env)
@@ -189,7 +201,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., N
     except (PublishUsageError, ConfigError) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 2
-    except (PublishError, PublishRefused) as exc:
+    except (PublishError, PublishRefused, ReportsIncomplete) as exc:
         print(scrub(f"{label}: error: {exc}"), file=sys.stderr, flush=True)
         return 1
     return 0
@@ -296,19 +308,26 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
+        from reporting.errors import ReportsIncomplete
         from reporting.reports_folder import load_reports
-        from reporting.shards import merge_reports, missing_shards
+        from reporting.shards import check_shards, merge_reports
 
         runs = load_reports(args.reports)
-        written = merge_reports(runs, args.into, _root(config))
+        shards = check_shards(args.reports, runs)
+        written = merge_reports(runs, args.into, _root(config), shards)
         cases = {r.case_id for run in runs for r in run.results}
         echo(f"merged {len(cases)} case(s) from {len(runs)} report(s) into "
              f"{display_path(args.into)}: " + ", ".join(p.name for p in written.files))
         for line in written.errors:
             echo(f"could not write {line}")
-        missing = missing_shards(args.reports)
-        if missing:
-            echo(f"missing shards (their job left no reports): {', '.join(missing)}")
+        if shards.incomplete:
+            listed = ", ".join(shards.not_run[:10])
+            more = len(shards.not_run) - 10
+            message = f"{shards.incomplete}: {listed}" + (f" and {more} more" if more > 0 else "")
+            if not args.allow_incomplete:
+                raise ReportsIncomplete(f"{message} (the merged files say so; "
+                                        "--allow-incomplete exits 0)")
+            echo(f"warning: {message}")
 
     return _run(args, env, body)
 

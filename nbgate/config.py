@@ -194,40 +194,7 @@ class _Parser:
         return float(number)
 
     def parameters(self, where: str, value: Any) -> dict[str, Any]:
-        """A parameters table: identifiers mapped to JSON values.
-
-        Parameters are injected as Python literals and written to metrics.json and MLflow, so
-        each value must be a JSON value. TOML dates and times are not converted (whether a
-        notebook wants a string, a datetime or a pandas Timestamp is its own business): they
-        are a usage error that shows the quoted string to write instead.
-        """
-        table = self.typed(where, value, dict, "a table")
-        for name, item in table.items():
-            if not name.isidentifier():
-                raise self.fail(
-                    f"{where}.{name}", "a parameter name must be a Python identifier "
-                    "(letters, digits, '_'), since it is assigned in the notebook"
-                )
-            self.json_value(f"{where}.{name}", item)
-        return table
-
-    def json_value(self, where: str, value: Any) -> None:
-        if isinstance(value, datetime.date | datetime.time):  # datetime is a date
-            raise self.fail(
-                where,
-                f"TOML {type(value).__name__} {value.isoformat()} cannot be injected: "
-                f"parameters are JSON values; quote it as a string: \"{value.isoformat()}\"",
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self.fail(
-                where, f"{value!r} is not a JSON number; use a finite number or a string"
-            )
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                self.json_value(f"{where}[{i}]", item)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                self.json_value(f"{where}.{key}", item)
+        return json_parameters(where, value, self.fail)
 
     def string_list(self, where: str, value: Any) -> tuple[str, ...]:
         items = self.typed(where, value, list, "a list of strings")
@@ -504,6 +471,64 @@ def _with_file_names(pipelines: list[Pipeline]) -> list[Pipeline]:
             name += "-" + hashlib.sha1(p.notebook.encode()).hexdigest()[:8]
         named.append(replace(p, file_name=name))
     return named
+
+
+def json_parameters(
+    where: str, value: Any, fail: Callable[[str, str], Exception]
+) -> dict[str, Any]:
+    """A parameters table: identifiers mapped to JSON values; ``fail(key, problem)`` makes the
+    error to raise. The one check for every way parameters arrive (``[tool.nbgate]`` tables and
+    ``run_notebook(parameters=...)``), run before any kernel starts.
+
+    Parameters are injected as Python literals and written to metrics.json and MLflow, so
+    each value must be a JSON value: a tuple or any other object is refused rather than
+    injected as its text. NumPy scalars (``np.int64(3)``, what a test computes) become the
+    Python number they hold. TOML dates and times are not converted (whether a notebook wants a
+    string, a datetime or a pandas Timestamp is its own business): they are a usage error that
+    shows the quoted string to write instead.
+    """
+    if not isinstance(value, dict):
+        raise fail(where, f"expected a table, got {_describe(value)}")
+    checked = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise fail(
+                f"{where}.{name}", "a parameter name must be a Python identifier "
+                "(letters, digits, '_'), since it is assigned in the notebook"
+            )
+        checked[name] = _json_value(f"{where}.{name}", item, fail)
+    return checked
+
+
+def _json_value(where: str, value: Any, fail: Callable[[str, str], Exception]) -> Any:
+    if _is_numpy_scalar(value):
+        value = value.item()
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        raise fail(
+            where,
+            f"TOML {type(value).__name__} {value.isoformat()} cannot be injected: "
+            f"parameters are JSON values; quote it as a string: \"{value.isoformat()}\"",
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail(where, f"{value!r} is not a JSON number; use a finite number or a string")
+    if isinstance(value, list):
+        return [_json_value(f"{where}[{i}]", item, fail) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise fail(where, "a table's keys must be strings (JSON object keys)")
+        return {key: _json_value(f"{where}.{key}", item, fail) for key, item in value.items()}
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    hint = "; use a list" if isinstance(value, tuple) else ""
+    raise fail(where, f"{_describe(value)} is not a JSON value (string, number, boolean, "
+                      f"null, list or table){hint}")
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    # Without importing numpy (collection stays light): its scalars are numpy.generic, whose
+    # item() gives the Python value.
+    return type(value).__module__ == "numpy" and hasattr(value, "item") and \
+        getattr(value, "ndim", None) == 0
 
 
 def _pipeline_where(index: int, notebook: Any) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import base64
 import difflib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbgate.config import ParameterSource
+from nbgate.contract.json_file import JSONFileError, parse_json
 from nbgate.injection import PARAMETERS_TAG, has_tag
 from nbgate.recording import FIGURE_MIME, METRIC_MIME
 
@@ -41,9 +41,11 @@ def read_notebook(path: Path) -> NotebookNode:
             "not_a_notebook", f"not a notebook: cannot read {path}: {exc}"
         ) from None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise NotebookProblem("not_a_notebook", f"not a notebook: invalid JSON ({exc})") from None
+        raw = parse_json(text, str(path))
+    except JSONFileError as exc:
+        reason = str(exc).removeprefix(f"{path}: not valid JSON: ")
+        raise NotebookProblem("not_a_notebook", f"not a notebook: invalid JSON ({reason})") \
+            from None
     if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
         raise NotebookProblem(
             "not_a_notebook", "not a notebook: JSON without the 'cells' and 'nbformat' keys"

@@ -26,6 +26,7 @@ from nbgate.config import (
     ConfigError,
     NbgateConfig,
     ParameterSource,
+    json_parameters,
     load_config,
 )
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
@@ -42,6 +43,7 @@ from nbgate.contract.session import SessionResults, session_key
 from nbgate.contract.text import clean_text
 from nbgate.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
 from nbgate.kernels import prestart_depth
+from nbgate.option_paths import redetermine_setup, spaced, value_options
 from nbgate.thresholds import NO_BASELINE, parse_threshold
 from nbgate.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 
@@ -156,6 +158,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="folder for reports and executed notebooks (default: [tool.nbgate] reports)",
     )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own, which reads rootdir and testpaths
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    # `--nbgate-reports /tmp/x`: pytest chose its rootdir before it knew the option (see
+    # nbgate/option_paths.py).
+    if spaced(args, value_options(parser)):
+        redetermine_setup(early_config, args)
 
 
 def _pyproject(config: pytest.Config) -> Path:
@@ -449,6 +461,10 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             rules = tuple(parse_threshold(k, v) for k, v in (thresholds or {}).items())
         except ValueError as exc:
             raise pytest.UsageError(f"run_notebook({rel!r}): thresholds: {exc}") from None
+        # Checked as [tool.nbgate] tables are, before any kernel starts.
+        parameters = json_parameters(
+            "parameters", parameters if parameters is not None else {},
+            lambda key, problem: pytest.UsageError(f"run_notebook({rel!r}): {key}: {problem}"))
         config = state.config
         declared = config.runners.get(runner) if config is not None else None
         if config is not None and declared is None:
@@ -470,7 +486,7 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             kind=CUSTOM_KIND,
             runner=runner,
             slug=slugify(case_id.replace("::", "-")),
-            parameters=parameters or {},
+            parameters=parameters,
             parameters_from="run_notebook",
             shared_parameters=shared,
             thresholds=rules,

@@ -28,7 +28,6 @@ known ones; with no known durations every case counts 1, which splits by count.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,13 +36,19 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from nbgate.contract.json_file import read_json
+
 # A case longer than this share of a shard's fair share is placed on its own before the cut:
 # cutting never splits a case, so one long case next to a cut could unbalance two shards by
 # up to its own length.
 HEAVY_SHARE = 1 / 20
+# A recorded duration above this (about 115 days) is no measurement: summing a few of them near
+# the float limit (1e308) overflows, and one would leave every other case on one shard.
+MAX_DURATION_S = 1e7
 MAX_SHARDS = 1000
 OFF = ("off", "none", "no")
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+# ASCII digits only: \d and int() also take other scripts' digits ("٢/٣"), which no CI sets.
+_SPEC = re.compile(r"^[ \t]*([0-9]+)[ \t]*/[ \t]*([0-9]+)[ \t]*$")
 _RUN_SUFFIX = re.compile(r"#\d+$")  # run_notebook's second and later runs in one test
 
 
@@ -110,9 +115,11 @@ def shard_from(option: str | None, environ: Mapping[str, str]) -> tuple[Shard | 
 # -- durations ------------------------------------------------------------------------------
 
 
-def durations_from_metrics(document: Any) -> dict[str, float]:
+def durations_from_metrics(document: Any, ignored: list[str] | None = None) -> dict[str, float]:
     """Case id -> seconds from a metrics.json document; entries without a usable duration
-    (skipped cases record 0, a damaged file anything) are left out rather than guessed."""
+    (skipped cases record 0, a damaged file anything) are left out rather than guessed. Numbers
+    that are no duration (not finite, or above ``MAX_DURATION_S``) are left out too, and
+    described in ``ignored`` ("<case id>: 1e+308 s") so that the caller can warn."""
     cases = document.get("cases") if isinstance(document, Mapping) else None
     durations: dict[str, float] = {}
     for case in cases if isinstance(cases, list) else ():
@@ -122,7 +129,11 @@ def durations_from_metrics(document: Any) -> dict[str, float]:
         seconds = case.get("duration_s")
         if not isinstance(case_id, str) or isinstance(seconds, bool):
             continue
-        if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
+        if not isinstance(seconds, int | float) or seconds == 0:
+            continue
+        if not (0 < seconds <= MAX_DURATION_S):  # NaN fails this too
+            if ignored is not None:
+                ignored.append(f"{case_id}: {seconds:g} s")
             continue
         # A test that ran several notebooks records one result each ("<node id>#2", ...); the
         # shard runs the test, so its duration is their sum.
@@ -131,9 +142,19 @@ def durations_from_metrics(document: Any) -> dict[str, float]:
     return durations
 
 
-def read_durations(path: Path) -> dict[str, float]:
-    """``durations_from_metrics`` of a file; ``OSError``/``ValueError`` when unreadable."""
-    return durations_from_metrics(json.loads(path.read_bytes()))
+def read_durations(path: Path, ignored: list[str] | None = None) -> dict[str, float]:
+    """``durations_from_metrics`` of a file; ``ValueError`` (``JSONFileError``) when
+    unreadable."""
+    return durations_from_metrics(read_json(path), ignored)
+
+
+def ignored_note(ignored: list[str]) -> str:
+    """What the shard line adds when recorded durations were left out."""
+    if not ignored:
+        return ""
+    shown = ", ".join(ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
+    return (f"; ignored {len(ignored)} recorded duration(s) that are not a number of seconds "
+            f"up to {MAX_DURATION_S:g}: {shown}")
 
 
 # -- the split ------------------------------------------------------------------------------

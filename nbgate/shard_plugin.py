@@ -9,9 +9,10 @@ A sharded run
 - keeps its cases after every other selection (``-m``, ``-k``, ``--nbgate-commit``): the
   hook below runs last and reports the others through ``pytest_deselected``;
 - writes its reports under ``<reports>/shard-K-of-N/`` (``nbgate.plugin`` asks
-  ``shard_reports``), with a ``shard.json`` that says which cases this shard owned, out of how
-  many, and the split's fingerprint: what a merge of the shards needs to notice a missing
-  shard or jobs that did not agree on the split;
+  ``shard_reports``), with a ``shard.json`` that says which cases this shard owned, which
+  every shard of the split owns (``split_cases``), the split's fingerprint, and the job,
+  pipeline and commit: what a merge of the shards needs to list a missing shard's cases and
+  to refuse shards that do not belong together (``reporting.shards``);
 - with nothing to run because every selected case belongs to other shards, says so in one
   line and exits 0 (pytest's "no tests collected", 5, is kept when the selection itself was
   empty).
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import case_to_json
 from nbgate.contract.files import write_text_atomic
 from nbgate.plugin import NotebookCase, get_state
@@ -36,12 +39,15 @@ from nbgate.shard import (
     assign,
     durations_from_metrics,
     fingerprint,
+    ignored_note,
     read_durations,
     shard_from,
 )
 
 PLUGIN_NAME = "nbgate-shard"  # the entry point's name: `-p no:nbgate-shard` turns it off
 SHARD_FILE = "shard.json"
+_SHARD_SUFFIX = re.compile(r":? \[?[0-9]+/[0-9]+\]?$")
+SHARD_SCHEMA = 2  # 2 adds split_cases, job, pipeline_id and commit_sha
 _WORKER_KEY = "nbgate_shard"  # in xdist's workeroutput
 
 
@@ -57,6 +63,10 @@ class ShardRun:
     durations: str = ""  # where the durations came from
     notebook_cases: bool = False  # any declared notebook case among the selected ones
     chosen_by: str = ""  # --nbgate-shard, NBGATE_SHARD or CI_NODE_INDEX/CI_NODE_TOTAL
+    split_cases: list[list[str]] = field(default_factory=list)  # every shard's, by index - 1
+    job: str = ""  # CI_JOB_NAME without GitLab's " K/N"; "" outside CI
+    pipeline_id: str | None = None
+    commit_sha: str | None = None
 
     def describe(self) -> str:
         if not self.cases:
@@ -137,13 +147,15 @@ def _durations(config: pytest.Config, state: _State) -> tuple[dict[str, float], 
     the shards one after another on one machine does not change the split between them.
     """
     baseline = config.getoption("nbgate_baseline", None)
+    ignored: list[str] = []
     if baseline:
         # Read once by the harness (a file, or the folder of release metrics CI fetches).
         runs = get_state(config).baselines
         cases = [case_to_json(c) for run in runs for c in run.document.cases]
         if not runs:
             return {}, f"count ({baseline} unreadable)"
-        return durations_from_metrics({"cases": cases}), f"durations in {baseline}"
+        durations = durations_from_metrics({"cases": cases}, ignored)
+        return durations, f"durations in {baseline}{ignored_note(ignored)}"
     if state.base_reports is not None:
         path = state.base_reports / "metrics.json"
         if not path.is_file():
@@ -151,11 +163,12 @@ def _durations(config: pytest.Config, state: _State) -> tuple[dict[str, float], 
     else:
         return {}, "count (no recorded durations)"
     try:
-        return read_durations(path), f"durations in {_shown(path, config)}"
+        durations = read_durations(path, ignored)
     except (OSError, ValueError) as exc:
         # Every shard job reads the same file, so each falls back alike and the split agrees.
         reason = getattr(exc, "strerror", None) or exc
         return {}, f"count ({_shown(path, config)} unreadable: {reason})"
+    return durations, f"durations in {_shown(path, config)}{ignored_note(ignored)}"
 
 
 def _shown(path: Path, config: pytest.Config) -> str:
@@ -180,11 +193,16 @@ def pytest_collection_modifyitems(
             if shard_of[case] == shard.index - 1]
     dropped = [item for item, case in zip(items, ids, strict=True)
                if shard_of[case] != shard.index - 1]
+    split_cases: list[list[str]] = [[] for _ in range(shard.total)]
+    for case in ids:
+        split_cases[shard_of[case]].append(case)
+    ci = CIContext.from_env(os.environ)
     state.run = ShardRun(
         index=shard.index, total=shard.total, selected=len(items),
         cases=[_case_id(item) for item in kept], split=fingerprint(shard_of), durations=source,
         notebook_cases=any(isinstance(item, NotebookCase) for item in items),
-        chosen_by=state.origin,
+        chosen_by=state.origin, split_cases=split_cases, job=_job_name(ci.job_name),
+        pipeline_id=ci.pipeline_id, commit_sha=ci.commit_sha,
     )
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -220,10 +238,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if shard is not None and not config.option.collectonly:
         folder = (state.base_reports / shard.name) if state.base_reports else None
         if folder is not None and (run.notebook_cases or folder.is_dir()):
-            _write_json(folder / SHARD_FILE, {"schema": 1, **asdict(run)})
+            _write_json(folder / SHARD_FILE, {"schema": SHARD_SCHEMA, **asdict(run)})
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and run.selected and not run.cases:
         session.exitstatus = pytest.ExitCode.OK
         _say(config, run.describe())
+
+
+def _job_name(name: str | None) -> str:
+    """The job's name without the shard GitLab appends ("train-cpu 2/3"; gitlab-ci-local
+    writes "train-cpu: [2/3]"): every shard of one job then says the same name."""
+    return _SHARD_SUFFIX.sub("", (name or "").strip())
 
 
 def _say(config: pytest.Config, line: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import case_from_json, case_to_json
+from nbgate.contract.json_file import parse_json
 from nbgate.contract.model import CaseResult, case_labels, preferred
 from nbgate.contract.text import fmt_number
 from reporting.baseline import BaselineInfo, Comparison, MetricDelta
@@ -83,7 +84,9 @@ class CommentData:
     cases: list[CommentCase]
     baselines: list[BaselineInfo] = field(default_factory=list)  # distinct, in case order
     no_baseline: str | None = None  # why cases have no baseline, said once
-    missing: list[str] = field(default_factory=list)  # shards that left no reports
+    # merged shards: "incomplete: shard 2/3 missing, 10 cases not run", and those cases
+    incomplete: str | None = None
+    not_run: list[str] = field(default_factory=list)
 
 
 # -- the hidden state ------------------------------------------------------------------------
@@ -127,8 +130,8 @@ def decode_state(body: str) -> dict[str, Any] | None:
         if line.startswith(_STATE_PREFIX) and line.endswith(_STATE_SUFFIX):
             try:
                 raw = base64.b64decode(line[len(_STATE_PREFIX):-len(_STATE_SUFFIX)], validate=True)
-                document = json.loads(zlib.decompress(raw))
-            except (ValueError, zlib.error):
+                document = parse_json(zlib.decompress(raw), "the comment's state")
+            except (ValueError, zlib.error):  # JSONFileError is a ValueError
                 return None
             return document if isinstance(document, dict) and document.get("v") == 2 else None
     return None
@@ -214,11 +217,14 @@ def render_comment(data: CommentData) -> str:
 def _render(data: CommentData, *, with_state: bool) -> str:
     results = [c.result for c in data.cases]
     comparison = comparison_of(data.cases)
-    parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines)]
-    if data.missing:
-        parts.append(f"⚠️ **Missing {'shard' if len(data.missing) == 1 else 'shards'}: "
-                     f"{md_cell(', '.join(data.missing))}** — the job failed or was cancelled "
-                     "before keeping its reports, so its cases are not in this comment.")
+    parts = [marker(data.kind) + "\n" + headline(data.kind, results, comparison, data.baselines,
+                                                 data.incomplete)]
+    if data.incomplete:
+        line = ("⚠️ The job of each missing shard failed or was cancelled before keeping its "
+                "reports, so its cases are not in this comment")
+        if data.not_run:
+            line += f"; not run: {md_cell(', '.join(data.not_run))}"
+        parts.append(line + ".")
     shown = _table_rows(results)
     labels = case_labels(results)
     if results:
@@ -305,10 +311,12 @@ def headline(
     results: Sequence[CaseResult],
     comparison: Comparison,
     baselines: Sequence[BaselineInfo] = (),
+    incomplete: str | None = None,
 ) -> str:
     """"### ✅ Training passed — 1 case, 2 gates passed, 1 not checked (no release yet);
     roc_auc 0.9931 (≥ 0.95), +0.0042 ▲ vs release 1.0.0"; for a failed run the failing case's
-    cause: "### ❌ Training failed — 1 of 1 case failed: ValueError in cell 6: bad input"."""
+    cause: "### ❌ Training failed — 1 of 1 case failed: ValueError in cell 6: bad input"; with
+    shards missing "### ⚠️ Training incomplete: shard 2/3 missing, 10 cases not run — …"."""
     word = KIND_WORDS.get(kind, kind.title())
     tally = counts(results)
     total = len(results)
@@ -338,6 +346,9 @@ def headline(
         if reason:
             summary += f": {md_cell(first_clause(reason))}"
     text = f"### {overall_mark(results)} {word} {status} — {summary}"
+    if incomplete:
+        mark = overall_mark(results) if tally["failed"] else "⚠️"
+        text = f"### {mark} {word} {md_cell(incomplete)} — {summary}"
     key = _key_metric(results, comparison, baselines)
     return f"{text}; {key}" if key else text
 

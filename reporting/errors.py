@@ -16,6 +16,10 @@ class PublishRefused(Exception):
     request's branch, no token that can post the comment): one line with the fix, exit 1."""
 
 
+class ReportsIncomplete(Exception):
+    """Merged reports that miss cases (a shard left no reports): written, but exit 1."""
+
+
 class PublishError(Exception):
     """GitLab said no, or could not be reached after retrying: exit 1.
 

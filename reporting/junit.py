@@ -12,7 +12,7 @@ import math
 import re
 import socket
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from nbgate.contract.failure_text import render_failure
@@ -97,16 +97,30 @@ def _testcase(result: CaseResult) -> ET.Element:
     return case
 
 
+def _not_run_testcase(case_id: str, reason: str) -> ET.Element:
+    case = ET.Element("testcase", {"name": xml_text(case_id),
+                                   "classname": xml_text(case_id.split("::")[0].replace("/", ".")),
+                                   "file": xml_text(case_id.split("::")[0]), "time": "0.000"})
+    ET.SubElement(case, "error", {"message": xml_text(reason), "type": "not_run"}).text = \
+        xml_text(reason)
+    return case
+
+
 def build_junit(
-    results: Sequence[CaseResult], *, now: datetime | None = None, hostname: str | None = None
+    results: Sequence[CaseResult], *, now: datetime | None = None, hostname: str | None = None,
+    not_run: Mapping[str, str] | None = None,
 ) -> ET.Element:
-    """The ``<testsuites>`` element: one testsuite "nbgate", one testcase per result."""
+    """The ``<testsuites>`` element: one testsuite "nbgate", one testcase per result, and an
+    error testcase for each case of ``not_run`` (case id -> why it never ran)."""
+    not_run = {k: v for k, v in (not_run or {}).items()
+               if k not in {r.case_id for r in results}}
     failures = sum(1 for r in results if r.outcome == "failed"
                    and not (r.failure and r.failure.kind in _ERROR_KINDS))
-    errors = sum(1 for r in results if r.outcome == "failed") - failures
+    errors = sum(1 for r in results if r.outcome == "failed") - failures + len(not_run)
     skipped = sum(1 for r in results if r.outcome == "skipped")
     total = f"{sum(max(r.duration_s, 0.0) for r in results):.3f}"
-    counts = {"tests": str(len(results)), "failures": str(failures), "errors": str(errors),
+    counts = {"tests": str(len(results) + len(not_run)), "failures": str(failures),
+              "errors": str(errors),
               "skipped": str(skipped), "time": total}
     root = ET.Element("testsuites", {"name": SUITE_NAME, **counts})
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -115,6 +129,7 @@ def build_junit(
         "hostname": xml_text(hostname if hostname is not None else socket.gethostname()),
     })
     suite.extend(_testcase(r) for r in results)
+    suite.extend(_not_run_testcase(case, reason) for case, reason in not_run.items())
     return root
 
 

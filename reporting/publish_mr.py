@@ -51,7 +51,7 @@ from reporting.reports_folder import (
     results_of_kind,
     run_context,
 )
-from reporting.shards import missing_shards
+from reporting.shards import check_shards
 
 Echo = Callable[[str], None]
 WHAT = "the merge request comment"
@@ -77,6 +77,7 @@ def publish_mr(
     root = root or Path.cwd()
     env_ctx = CIContext.from_env(env)
     runs = load_reports(folders)  # a missing folder is exit 2, in CI or not, dry run or not
+    shards = check_shards(folders, runs)  # shards that do not belong together: exit 2 too
     if not dry_run:
         require_note_token(env, WHAT)
     session = connect_unless_dry_run(env, WHAT, write=True, dry_run=dry_run, echo=echo)
@@ -97,7 +98,7 @@ def publish_mr(
             echo(f"no {k} cases in the reports: no {k} comment")
             continue
         data = comment_data(k, runs, env_ctx, lookup)
-        data.missing = missing_shards(folders)
+        data.incomplete, data.not_run = shards.incomplete, shards.not_run
         if dry_run or session is None or iid is None:  # (the last two only in a dry run)
             _show(session, iid, data, runs, echo, scrub)
         else:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from nbgate.contract.model import CaseResult, case_labels
 from nbgate.contract.session import SessionResults
 from nbgate.contract.text import fmt_number
 from reporting.baseline import Baseline, Comparison, apply_baseline
+from reporting.incomplete import MissingShard, incomplete_line
 from reporting.junit import junit_xml
 from reporting.markdown import is_web_url
 from reporting.summary import render_summary
@@ -54,22 +55,31 @@ def write_reports(
     pipeline = pipeline or CIContext.from_env()
     written = Written(comparison=apply_baseline(results, baseline))
     not_run = session.not_run()
+    missing = [MissingShard.from_dict(m) for m in session.missing_shards]
+    incomplete = incomplete_line(missing)
+    # A missing shard's cases are errors in junit.xml: the test widget must not show a whole run.
+    never_ran = {case: f"not run: {shard.name} missing (its job left no reports)"
+                 for shard in missing for case in shard.cases}
 
     def link_for(path: str) -> str:
         return Path(os.path.relpath(root / path, reports)).as_posix()
 
     shard = {"index": session.shard[0], "total": session.shard[1]} if session.shard else None
+    reports_dir = _inside(reports, root)
     renderers: dict[str, Callable[[], str]] = {
         "summary.md": lambda: render_summary(
             results, pipeline=pipeline, baseline=baseline, baseline_reason=baseline_reason,
-            interrupted=session.interrupted, not_run=not_run, link_for=link_for, root=root),
-        "junit.xml": lambda: junit_xml(results),
+            interrupted=session.interrupted, not_run=not_run, link_for=link_for, root=root,
+            incomplete=incomplete),
+        "junit.xml": lambda: junit_xml(results, not_run=never_ran),
         "metrics.json": lambda: dumps_metrics(metrics_document(
-            results, pipeline=pipeline,
+            results if reports_dir is not None else [_from_reports(r, reports) for r in results],
+            pipeline=pipeline,
             baseline=_baseline_record(baseline, results),
             interrupted=session.interrupted, not_run=not_run, shard=shard,
-            case_baselines=case_baselines(baseline, results))),
-        "metrics.txt": lambda: metrics_txt(results),
+            case_baselines=case_baselines(baseline, results),
+            reports_dir=reports_dir, missing_shards=session.missing_shards)),
+        "metrics.txt": lambda: metrics_txt(results, incomplete=incomplete, not_run=len(not_run)),
     }
     links = annotations(results)
     if links is not None:
@@ -84,6 +94,33 @@ def write_reports(
         else:
             written.files.append(reports / name)
     return written
+
+
+def _inside(reports: Path, root: Path) -> str | None:
+    """metrics.json's ``reports_dir``: the reports folder from the repository root, or None
+    when it lies outside (``--nbgate-reports /tmp/x``)."""
+    try:
+        return reports.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _from_reports(result: CaseResult, reports: Path) -> CaseResult:
+    """A result whose files lie in a reports folder outside the repository, with their paths
+    relative to that folder: the form metrics.json's schema reads when ``reports_dir`` is null
+    (an absolute path would name a folder of one machine only)."""
+
+    def relative(path: str) -> str:
+        try:
+            return Path(path).resolve().relative_to(reports.resolve()).as_posix()
+        except ValueError:
+            return path
+
+    return replace(
+        result,
+        executed_notebook=relative(result.executed_notebook) if result.executed_notebook
+        else None,
+        figures={name: relative(path) for name, path in result.figures.items()})
 
 
 def _baseline_record(baseline: Baseline | None, results: Sequence[CaseResult]) \
@@ -131,12 +168,19 @@ def metric_prefixes(results: Sequence[CaseResult]) -> dict[str, str]:
     return prefixes
 
 
-def metrics_txt(results: Sequence[CaseResult]) -> str:
+def metrics_txt(results: Sequence[CaseResult], *, incomplete: str | None = None,
+                not_run: int = 0) -> str:
     """GitLab's metrics report: one ``<case prefix>.<metric> <value>`` line per recorded metric,
     the value at 4 significant digits (GitLab compares the text with the target branch, so noise
-    below that would show as a change)."""
+    below that would show as a change).
+
+    Incomplete merged reports say so first: a ``#`` comment line with the words (GitLab's parser,
+    ee/lib/gitlab/ci/parsers/metrics/generic.rb, strips ``#.*$`` from each line and skips what
+    is left blank) and ``nbgate.cases_not_run``, a metric the widget shows."""
     prefixes = metric_prefixes(results)
     lines = []
+    if incomplete:
+        lines += [f"# nbgate: {incomplete}", f"nbgate.cases_not_run {not_run}"]
     for result in results:
         for name, value in result.metrics.items():
             metric = _UNSAFE_NAME.sub("_", name)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
-from nbgate.contract.codec import ResultsFileError, read_metrics
+from nbgate.contract.codec import ResultsFileError, load_metrics
 from nbgate.contract.model import KINDS, CaseResult, preferred
 from reporting.errors import PublishSkipped, PublishUsageError
 
@@ -51,14 +50,7 @@ def load_reports(folders: Sequence[Path]) -> list[RunReports]:
 
 def _read_run(path: Path) -> RunReports:
     try:
-        raw = path.read_bytes()
-        document = json.loads(raw)
-    except OSError as exc:
-        raise PublishUsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PublishUsageError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        read = read_metrics(document, str(path))
+        read = load_metrics(path)
     except ResultsFileError as exc:
         raise PublishUsageError(str(exc)) from None
     return RunReports(path.parent, read.pipeline, read.cases, read.generated_at,

@@ -32,19 +32,28 @@ def render_summary(
     not_run: Sequence[str] = (),
     link_for: Callable[[str], str] = str,
     root: Path | None = None,
+    incomplete: str | None = None,
 ) -> str:
     """The markdown of summary.md.
 
     ``baseline_reason`` says why there is no baseline (when ``baseline`` is None); ``not_run``
     lists collected cases that never reported (an interrupted session); ``link_for`` turns a
     repository-relative path (figure, executed notebook) into a link relative to summary.md;
-    ``root`` (the repository root) lets a local MLflow store's ``mlflow ui`` command be shown.
+    ``root`` (the repository root) lets a local MLflow store's ``mlflow ui`` command be shown;
+    ``incomplete`` says that merged shard reports miss shards ("incomplete: shard 2/3 missing,
+    10 cases not run"), whose cases are then ``not_run``.
     """
     comparison = apply_baseline(results, baseline)
     noun = "case" if len(results) == 1 else "cases"
     gates = gates_summary(r for r in results if r.outcome != "skipped")
     parts = [f"# nbgate summary\n\n**{verdict(results)}** — {len(results)} {noun}"
              + (f"; gates: {gates}" if gates else "")]
+    if incomplete:
+        line = f"⚠️ **{md_cell(incomplete)}**: the job of each missing shard failed or was " \
+            "cancelled before keeping its reports"
+        if not_run:
+            line += f"; not run: {md_cell(', '.join(not_run))}"
+        parts.append(line + ".")
     if interrupted:
         line = "⚠️ **The session was interrupted**: these reports hold the cases that finished"
         if not_run:

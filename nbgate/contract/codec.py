@@ -9,9 +9,11 @@ Schema history: 1 keyed cases by ``case_id`` and kept each threshold as rule tex
 key ``id`` (as the product contract does) and keeps each rule as data (operator, amount,
 baseline form); 3 gives a gate three states, ``passed`` true, false or null (not checked, with
 its ``reason``) where 2 had ``passed: true, checked: false``, records per case the baseline it
-was compared with (``baseline``: where from, and its metrics) a failure's ``cell`` (how to
-find the failing cell) and each case's ``fingerprint`` (what determined its model, with the
-parts). Versions 1 and 2 are still read.
+was compared with (``baseline``: where from, and its metrics), a failure's ``cell`` (how to
+find the failing cell) each case's ``fingerprint`` (what determined its model, with the
+parts), ``reports_dir`` (where the reports folder was; null when outside the repository, and
+then the paths of the files written there are relative to it) and, in merged reports,
+``missing_shards``. Versions 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
+from nbgate.contract.json_file import JSONFileError, parse_json, read_json
 from nbgate.contract.model import (
     CaseResult,
     Failure,
@@ -189,6 +192,9 @@ class MetricsDocument:
     # case id -> the baseline that case was compared with, as written: where it came from
     # ("source", "version", "commit", ...) and its "metrics" (schema 3)
     case_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reports_dir: str | None = None  # the reports folder from the repository root; None: outside
+    # merged reports: {"job", "index", "total", "cases"} of each shard that left no reports
+    missing_shards: list[dict[str, Any]] = field(default_factory=list)
 
 
 def metrics_document(
@@ -201,6 +207,8 @@ def metrics_document(
     shard: Mapping[str, int] | None = None,
     now: datetime | None = None,
     case_baselines: Mapping[str, Mapping[str, Any]] | None = None,
+    reports_dir: str | None = None,
+    missing_shards: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The metrics.json document for ``results`` (exact values; other reports round).
 
@@ -213,7 +221,9 @@ def metrics_document(
         "generated_at": stamp,
         "interrupted": interrupted,
         "not_run": list(not_run),
+        "missing_shards": [dict(m) for m in missing_shards],
         "shard": dict(shard) if shard else None,
+        "reports_dir": reports_dir,
         "pipeline": _json_safe(pipeline.to_dict()),
         "baseline": _json_safe(dict(baseline)) if baseline else None,
         "cases": [{**case_to_json(r), "baseline": _json_safe(dict(compared[r.case_id]))
@@ -234,9 +244,9 @@ def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.j
     """
     if isinstance(data, (str, bytes)):
         try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ResultsFileError(f"{source}: not valid JSON: {exc}") from None
+            data = parse_json(data, source)
+        except JSONFileError as exc:
+            raise ResultsFileError(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ResultsFileError(f"{source}: not an nbgate metrics.json (expected a JSON object)")
     schema = data.get("schema")
@@ -268,6 +278,8 @@ def read_metrics(data: Mapping[str, Any] | str | bytes, source: str = "metrics.j
         schema=schema,
         case_baselines={str(raw["id"]): dict(raw["baseline"]) for raw in raw_cases
                         if isinstance(raw.get("baseline"), Mapping)},
+        reports_dir=data.get("reports_dir"),
+        missing_shards=[dict(m) for m in data.get("missing_shards") or []],
     )
 
 
@@ -275,10 +287,10 @@ def load_metrics(path: str | Path) -> MetricsDocument:
     """Read a metrics.json file; ``ResultsFileError`` when missing, unreadable or invalid."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ResultsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return read_metrics(raw, str(path))
+        document = read_json(path)
+    except JSONFileError as exc:
+        raise ResultsFileError(str(exc)) from None
+    return read_metrics(document, str(path))
 
 
 def validate_document(data: Mapping[str, Any], source: str) -> None:
@@ -299,8 +311,8 @@ def _schema(version: int) -> dict[str, Any]:
     document = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     if version == SCHEMA:
         return document
-    # The previous version is kept inside the published file under $defs, so one file documents
-    # what this nbgate reads.
+    # The previous versions are kept inside the published file under $defs, so one file
+    # documents what this nbgate reads.
     return {"$schema": document["$schema"], "$defs": document["$defs"],
             **document["$defs"][f"schema{version}"]}
 

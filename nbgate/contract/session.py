@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,8 @@ class SessionResults:
     shard: tuple[int, int] | None = None  # (index, total) when this session ran one shard
     baselines: list[BaselineRun] = field(default_factory=list)
     baseline_problem: str | None = None  # why a requested baseline could not be read
+    # merged reports only: {"job", "index", "total", "cases"} of each shard that left no reports
+    missing_shards: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, result: CaseResult) -> None:
         self.results[result.case_id] = preferred(self.results.get(result.case_id), result)

@@ -95,6 +95,24 @@ def test_a_schema_1_file_written_before_the_change_still_reads() -> None:
     assert bad.failure is not None and bad.failure.kind == "thresholds"
 
 
+def test_a_schema_2_file_still_reads_and_3_adds_reports_dir_and_missing_shards() -> None:
+    document = json.loads(dumps_metrics(metrics_document(
+        [full_case()], pipeline=CIContext(), reports_dir=None,
+        missing_shards=[{"job": "train-cpu", "index": 2, "total": 3, "cases": ["x::train[cpu]"]}],
+        not_run=["x::train[cpu]"])))
+    read = read_metrics(document, "in.json")
+    assert read.schema == 3 and read.reports_dir is None
+    assert read.missing_shards[0]["cases"] == read.not_run == ["x::train[cpu]"]
+    # Schema 2, as nbgate wrote it before: no reports_dir, no missing_shards.
+    for key in ("reports_dir", "missing_shards"):
+        del document[key]
+    read = read_metrics({**document, "schema": 2}, "in.json")
+    assert read.schema == 2 and read.cases[0].case_id == full_case().case_id
+    # ... and a schema-2 file with the new fields is not one nbgate wrote.
+    with pytest.raises(ResultsFileError, match=r"^in\.json: .*reports_dir"):
+        read_metrics({**document, "schema": 2, "reports_dir": "reports"}, "in.json")
+
+
 @pytest.mark.parametrize(("mutate", "field"), [
     (lambda d: d["cases"][0].update(duration_s="slow"), r"cases\[0\]\.duration_s"),
     (lambda d: d["cases"][0].update(outcome="great"), r"cases\[0\]\.outcome"),

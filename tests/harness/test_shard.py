@@ -22,8 +22,6 @@ from nbgate.shard import (
     shard_from,
     split,
 )
-from reporting.publish_mr import publish_mr
-from reporting.shards import missing_shards
 from tests.support.builders import build_metrics, write_metrics_json
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
@@ -324,18 +322,3 @@ def test_four_shards_together_are_the_unsharded_run(tmp_path: Path) -> None:
     for i in range(1, 5):  # each shard recorded which shard it was
         shard_doc = json.loads((root / "reports" / f"shard-{i}-of-4" / "metrics.json").read_text())
         assert shard_doc["shard"] == {"index": i, "total": 4}
-
-
-def test_a_missing_shard_is_named_never_silently_dropped(tmp_path: Path) -> None:
-    jobs = tmp_path / "nbgate-jobs"
-    results = {i: [CaseResult(f"notebooks/n{i}.ipynb::train[cpu]", f"notebooks/n{i}.ipynb",
-                              "train", "cpu", "passed", 1.0)] for i in (1, 3)}
-    for i, cases in results.items():
-        write_metrics_json(jobs / f"train-cpu-{i}-of-3" / "metrics.json", build_metrics(cases))
-    (jobs / "train-gpu-1-of-1").mkdir()
-    (jobs / "train-gpu-1-of-1" / "shard.json").write_text("{}")  # an empty shard is present
-    assert missing_shards([jobs]) == ["train-cpu 2/3"]
-    out: list[str] = []
-    publish_mr([jobs], {}, dry_run=True, echo=out.append, root=tmp_path)
-    body = "\n".join(out)
-    assert "⚠️ **Missing shard: train-cpu 2/3** — the job failed or was cancelled" in body

@@ -418,6 +418,13 @@ def test_notify_jobs(expanded: dict) -> None:
         assert job["stage"] == "notify"
         assert job["variables"]["PUBLISH"] == what
         assert 'nbgate publish "$PUBLISH" --reports nbgate-jobs' in "\n".join(job["script"])
+    # The comment and the wiki row post whatever ran, saying what did not (a missing shard);
+    # a model is never published from an incomplete merge.
+    assert 'merge-reports --reports nbgate-jobs --into reports-merged ${MERGE_OPTIONS:-}' in \
+        "\n".join(expanded["publish-mr"]["script"])
+    assert expanded["publish-mr"]["variables"]["MERGE_OPTIONS"] == "--allow-incomplete"
+    assert expanded["publish-wiki"]["variables"]["MERGE_OPTIONS"] == "--allow-incomplete"
+    assert "MERGE_OPTIONS" not in expanded["publish-artifacts"]["variables"]
     assert expanded["publish-mr"]["allow_failure"] is True
     assert all(rule.get("when") == "always" for rule in expanded["publish-mr"]["rules"])
     assert all(rule.get("when") == "always" for rule in expanded["publish-wiki"]["rules"])
@@ -685,6 +692,7 @@ def test_sharded_train_jobs_split_the_cases_and_make_one_comment(
         shard = artifacts / "reports" / f"shard-{index}-of-2"
         info = json.loads((shard / "shard.json").read_text())
         assert (info["index"], info["total"], info["selected"]) == (index, 2, 3)
+        assert info["job"] == "train-cpu"  # gitlab-ci-local's " [K/N]" taken off, as GitLab's
         splits.add(info["split"])
         metrics = json.loads((shard / "metrics.json").read_text())
         ran[index] = [case["id"] for case in metrics["cases"]]
