@@ -64,8 +64,6 @@ HARNESS_HTTP_ENV = {
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 FIRST_CLIENT_TIMEOUT = 60.0
 RETIRE_GRACE = 0.5  # a retiring helper's last look for a session that was connecting
-IDLE_RSS_BUDGET_MB = 150.0  # SPEC §11: an idle warm helper holds at most this much
-OVER_BUDGET_IDLE = 60.0  # a helper above the budget stops within a minute of going idle
 Notify = Any  # Callable[[str], None]: a line the waiting session shows its user
 
 
@@ -606,13 +604,9 @@ def _serve(
 
 
 def idle_allowed(service: Service, started_with: float) -> float:
-    """How long to wait for the next session: the latest session's setting, but at most
-    OVER_BUDGET_IDLE while this helper holds more than the idle memory budget."""
-    idle = started_with if service.idle is None else service.idle
-    rss = resident_mb()
-    if idle > 0 and rss is not None and rss > IDLE_RSS_BUDGET_MB:
-        return min(idle, OVER_BUDGET_IDLE)
-    return idle
+    """How long to wait for the next session: the latest session's setting (one helper per
+    store serves sessions of any idle setting)."""
+    return started_with if service.idle is None else service.idle
 
 
 def release_memory() -> None:

@@ -12,12 +12,16 @@ The MLflow calls happen in a helper process (nbgate/mlflow_helper.py): mlflow's 
 the store's opening cost ~3 s of CPU, more than a session of small notebooks. The helper is
 attached as pytest configures when the session will run notebooks, so a cold start overlaps
 collection and the first kernels' start-up; under pytest-xdist the workers share the
-controller's. Outside CI the helper stays warm for ``NBGATE_MLFLOW_HELPER_IDLE`` seconds (600)
-after its last session, so the next session pays nothing for mlflow. It stops by itself; it
-is found only by the same interpreter, installed packages and nbgate code; it makes each call
-in the asking session's environment; and it never serves a stale store: a local store
-deleted, replaced or migrated since the helper opened it makes it retire, and a new helper
-serves the session. In CI (``CI`` set) each session has its own helper.
+controller's. Outside CI the helper stays warm for ``NBGATE_MLFLOW_HELPER_IDLE`` seconds (60)
+after its last session, so the next session pays nothing for mlflow. There is at most one
+per user and store, its socket in the user's 0700 folder (nbgate/helper_files.py); a session of
+another interpreter, package set or nbgate code makes it retire and starts its own. It stops by
+itself; it makes each call in the asking session's environment; and it never serves a stale
+store: a local store deleted, replaced or migrated since the helper opened it makes it retire,
+and a new helper serves the session. In CI (``CI`` set) each session has its own helper. Runs
+carry their owner (``nbgate.owner``: host, pid, start time); a helper that dies mid-session is
+replaced and the case's request repeated, and a RUNNING run whose owner is gone is ended KILLED
+by the next session on the local store.
 
 A case costs two round trips: ``start`` (the run, its tags and params; requested as the case
 before it finishes, so it is usually ready) and ``finish`` (metrics, tags, artifacts, model,
@@ -96,7 +100,9 @@ NAME_MASK = "MASKED"  # a secret in a name: "[MASKED]" is not a valid MLflow key
 REPLY_TIMEOUT = 300.0
 CLOSE_TIMEOUT = 30.0
 IDLE_ENV = "NBGATE_MLFLOW_HELPER_IDLE"
-DEFAULT_IDLE = 600.0
+# An idle helper holds ~230 MB (mlflow, sqlalchemy, alembic imported), over SPEC §11's 150 MB:
+# so by default it waits one minute for the next session (bench/RESULTS.md measures it).
+DEFAULT_IDLE = 60.0
 HELPER_PROTOCOL = 2  # part of a warm helper's installation: bump when the protocol changes
 _GITLAB_ENDPOINT = re.compile(r"^(?P<prefix>.*?)/api/v4/projects/(?P<project>[^/]+)/ml/mlflow/?$")
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -339,7 +345,7 @@ class Helper:
 
 def helper_idle(env: Mapping[str, str]) -> float:
     """Seconds a warm helper waits for the next session: ``NBGATE_MLFLOW_HELPER_IDLE``, else
-    0 in CI (every job starts afresh, so nothing would use it) and 600 elsewhere."""
+    0 in CI (every job starts afresh, so nothing would use it) and 60 elsewhere."""
     configured = env.get(IDLE_ENV, "").strip()
     if configured:
         with contextlib.suppress(ValueError):
