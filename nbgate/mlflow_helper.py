@@ -499,7 +499,8 @@ def local_store_fix(store: Path, exc: BaseException) -> str:
 def moved_store_message(store: Store) -> str:
     path = store.local_root / LOCAL_STORE  # type: ignore[operator]
     return (f"the local MLflow store {path} was moved, replaced or deleted while this session "
-            "ran: this case's run stays in the file that was moved; the next session creates "
+            "ran: this case's run stays RUNNING in the file that was moved (end it there, or "
+            "drop that file); the next session creates "
             f"a new store at {path}")
 
 

@@ -194,3 +194,27 @@ def test_a_helper_killed_mid_case_is_replaced_and_no_run_stays_running(
         reaped = db.execute("select value from tags where key = 'nbgate.failure' and value "
                             "like 'ended by a later session%'").fetchall()
     assert len(reaped) == 1, json.dumps(statuses(root))
+
+
+def test_a_store_moved_mid_case_is_said_and_the_next_session_starts_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path)
+    clean_environment(monkeypatch)
+    session(root)
+    struck = Session(root)
+    struck.wait_for_case()
+    (root / "mlflow.db").rename(root / "moved.db")
+    output = struck.output()
+    result = results_of(root)[CASE]
+    store = root.resolve() / "mlflow.db"
+    assert result["outcome"] == "failed", output
+    assert result["failure"]["message"] == (
+        f"MLflow tracking failed: the local MLflow store {store} was moved, replaced or deleted "
+        "while this session ran: this case's run stays RUNNING in the file that was moved (end "
+        f"it there, or drop that file); the next session creates a new store at {store}")
+    assert "autoflush" not in output
+
+    output, results = session(root)
+    assert results[CASE]["outcome"] == "passed", output
+    assert statuses(root) == {results[CASE]["tracking"]["run_id"]: "FINISHED"}
