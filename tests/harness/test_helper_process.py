@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.helper_files import HelperFilesError, private_folder, store_lock, store_lock_path
+from nbgate.helper_files import (
+    HelperFilesError,
+    digest,
+    private_folder,
+    store_lock,
+    store_lock_path,
+)
 from tests.harness.test_tracking import INNER_CONFTEST, clean_environment, results_of
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
@@ -218,3 +224,24 @@ def test_a_store_moved_mid_case_is_said_and_the_next_session_starts_a_new_one(
     output, results = session(root)
     assert results[CASE]["outcome"] == "passed", output
     assert statuses(root) == {results[CASE]["tracking"]["run_id"]: "FINISHED"}
+
+
+# -- bounded ----------------------------------------------------------------------------------
+def test_one_warm_helper_per_store_whatever_the_idle_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, other = make_project(tmp_path / "first"), make_project(tmp_path / "other")
+    clean_environment(monkeypatch, idle="20")
+    session(first)
+    helper = int((first / "helper.pid").read_text())
+    monkeypatch.setenv("NBGATE_MLFLOW_HELPER_IDLE", "30")
+    output, results = session(first)
+    assert results[CASE]["outcome"] == "passed", output
+    assert int((first / "helper.pid").read_text()) == helper  # not a second one for "30"
+    # Another store has a helper of its own: its sessions never wait behind this store's.
+    session(other)
+    assert int((other / "helper.pid").read_text()) not in (helper, 0)
+    folder = private_folder()
+    assert folder is not None
+    sockets = {p.name for p in folder.glob("helper-*.sock")}
+    assert len(sockets & {f"helper-{digest(str(p.resolve()))}.sock" for p in (first, other)}) == 2
