@@ -110,16 +110,24 @@ def test_a_lock_held_by_another_process_is_said_and_waited_for(
     clean_environment(monkeypatch)
     lock = store_lock_path(root)
     assert lock is not None
-    holder = hold_lock(lock, 8)  # the store cannot be created until it lets go
+    holder = hold_lock(lock, 120)  # the store cannot be created until it lets go
+    waiting = f"waiting for the local MLflow store's lock {lock}, held by pid {holder.pid}"
+    struck = Session(root)
+    seen = []
     try:
-        output, results = session(root)
+        assert struck.process.stdout is not None
+        for line in struck.process.stdout:  # said while the session waits, not at its end
+            seen.append(line.decode())
+            if waiting in seen[-1]:
+                break
     finally:
         holder.kill()
         holder.wait()
-    assert results[CASE]["outcome"] == "passed", output
-    assert f"waiting for the local MLflow store's lock {lock}, held by pid {holder.pid}" \
-        in output
-    assert statuses(root) == {results[CASE]["tracking"]["run_id"]: "FINISHED"}
+    output = "".join(seen) + struck.output()
+    assert waiting in output, output
+    result = results_of(root)[CASE]
+    assert result["outcome"] == "passed", output
+    assert statuses(root) == {result["tracking"]["run_id"]: "FINISHED"}
 
 
 def test_a_lock_held_too_long_is_given_up_with_who_holds_it(tmp_path: Path) -> None:
