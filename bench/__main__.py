@@ -267,6 +267,7 @@ def run(chosen: Settings, work: Path, cache: Path | None, only: tuple[str, ...] 
     warm = next((v for v in planned if v.key == f"small-{chosen.tracking_size}/nbgate"), None)
     helper_mb = None if warm is None else measure.idle_helper_mb(
         root / f"small-{chosen.tracking_size}", warm, env, work / "logs")
+    measure.stop_warm_helpers(sorted({Path(c.cwd) for v in planned for c in v.commands}))
     return render(comparisons, samples, labels, probe, context, helper_mb)
 
 

@@ -3,6 +3,7 @@ and repeated, the untimed collection probe, and what the report says about the m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -291,6 +292,21 @@ def idle_helper_mb(project: Path, variant: Variant, env: Mapping[str, str],
         return None
     time.sleep(2.0)  # idle: its last session has gone, memory handed back
     return resident_mb(pid)
+
+
+def stop_warm_helpers(projects: Sequence[Path]) -> None:
+    """SIGTERM the warm helpers of the benchmark's stores: its 600 s idle would leave each
+    holding ~220 MB for ten minutes after the report."""
+    from nbgate.helper_files import digest, private_folder
+
+    folder = private_folder()
+    if folder is None:
+        return
+    for project in projects:
+        pid = _listening_pid(folder / f"helper-{digest(str(project.resolve()))}.sock")
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _listening_pid(path: Path) -> int | None:
