@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.measure import Probe, Samples
+from bench.measure import IDLE_HELPER_BUDGET_MB, Probe, Samples
 
 Kind = Literal["ratio", "added", "per item"]
+HELPER_ROW = "idle MLflow helper, resident memory (MB)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def render(
     labels: Mapping[str, str],
     probe: Probe | None,
     context: Mapping[str, Mapping[str, str]],
+    helper_mb: float | None = None,
 ) -> str:
     rows, missed, unmeasured = [], [], []
     for comparison in comparisons:
@@ -111,6 +113,15 @@ def render(
                     f"| none | {'holds' if not probe.during_collection else 'MISSED'} |")
         if probe.during_collection:
             missed.append(f"heavy modules imported while collecting ({heavy})")
+
+    if helper_mb is not None:
+        holds = helper_mb <= IDLE_HELPER_BUDGET_MB
+        rows.append(f"| {HELPER_ROW} | {helper_mb:.0f} | | ≤ {IDLE_HELPER_BUDGET_MB:g} MB | "
+                    f"{'holds' if holds else 'MISSED'} |")
+        if not holds:
+            missed.append(f"{HELPER_ROW} ({helper_mb:.0f} MB, budget ≤ "
+                          f"{IDLE_HELPER_BUDGET_MB:g} MB: so the idle helper stops one minute "
+                          "after its last session by default)")
 
     lines = ["# nbgate benchmark results", "",
              "Written by `make bench` (`python -m bench`); every time is wall-clock seconds of "

@@ -28,7 +28,7 @@ helpers, and pytest must not pay for mlflow while it collects.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import gc
 import http
 import json
 import os
@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from nbgate.helper_files import OWNER_TAG, HelperFilesError, owner_gone, store_lock
 
 LOCAL_STORE = "mlflow.db"  # in the repository root, git-ignored
 LOCAL_ARTIFACTS = "mlruns"
@@ -67,6 +69,7 @@ HARNESS_HTTP_ENV = {
 _MODEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 FIRST_CLIENT_TIMEOUT = 60.0
 RETIRE_GRACE = 0.5  # a retiring helper's last look for a session that was connecting
+Notify = Any  # Callable[[str], None]: a line the waiting session shows its user
 
 
 # -- the service -----------------------------------------------------------------------------
@@ -85,22 +88,31 @@ class Store:
         self.client: Any = None
         self.broken: str | None = None  # could not be opened: every request says so
 
-    def open(self) -> None:
+    def open(self, notify: Notify = None) -> None:
+        """Open (a local store: create) it; a failure is kept for this session only: the next
+        session's hello opens it again (the cause may be gone by then)."""
         try:
             with _quiet():
                 from mlflow import MlflowClient
 
-                if self.local_root is not None:
-                    with store_lock(self.local_root):
-                        create_local_store(self.local_root)
-                        self.client = MlflowClient(tracking_uri=self.uri)
-                else:
-                    self.client = MlflowClient(tracking_uri=self.uri)
+                root = self.local_root
+                if root is not None and not _has_store(root):
+                    with store_lock(root, notify):
+                        create_local_store(root)
+                self.client = MlflowClient(tracking_uri=self.uri)
+        except HelperFilesError as exc:
+            self.client, self.broken = None, str(exc)
         except Exception as exc:
             self.client = None
             self.broken, _ = describe_failure(self.display_uri, exc, self.local_root is not None)
             if self.local_root is not None:
                 self.broken += "; " + local_store_fix(self.local_root / LOCAL_STORE, exc)
+
+
+def _has_store(root: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return (root / LOCAL_STORE).stat().st_size > 0
+    return False
 
 
 def store_identity(local_root: Path | None) -> str:
@@ -148,14 +160,20 @@ class Service:
         self.stores: dict[str, Store] = {}  # by tracking URI
         self.identities: dict[str, str] = {}  # what each local store was when opened
         self.address = address  # a warm helper's socket file
+        self.bound: int | None = None  # that file's inode: only this helper's is removed
+        with contextlib.suppress(OSError):
+            self.bound = address.stat().st_ino if address is not None else None
         self.retired = False  # no new sessions: it stops when its clients have gone
+        self.install: str | None = None  # the first session's installation (see _hello)
+        self.idle: float | None = None  # the latest session's idle setting
 
     def retire(self) -> None:
         """Take no new session (the next one starts a new helper); stop once idle."""
         self.retired = True
         if self.address is not None:
             with contextlib.suppress(OSError):
-                self.address.unlink()
+                if self.address.stat().st_ino == self.bound:  # not a successor's socket
+                    self.address.unlink()
 
     @staticmethod
     def preload(local: bool) -> None:
@@ -194,6 +212,10 @@ class Service:
         except Exception as exc:
             local = store.local_root is not None
             message, reached = describe_failure(store.display_uri, exc, local)
+            if isinstance(exc, HelperFilesError):
+                message = str(exc)
+            elif local and self._store_moved(store):
+                message = moved_store_message(store)
             if op == "finish":  # a run whose finish failed half-way still ends
                 with self._as_client(conn):
                     self._end(conn, request["run_id"], "FAILED", {})
@@ -206,19 +228,46 @@ class Service:
     def _hello(self, request: dict[str, Any], conn: _Connection) -> dict[str, Any]:
         uri, root, identity = request["uri"], request.get("local_root"), request.get("identity")
         known = self.identities.get(uri)
-        if self.retired or (identity is not None and known not in (None, identity)):
-            # The store changed since this helper opened it (see Store): a new helper serves it.
+        install = request.get("install")
+        if self.install is None:
+            self.install = install
+        # One warm helper per user and store: a session of another installation (venv, nbgate
+        # code) or a store changed since it was opened (see Store) gets a new helper, and
+        # this one stops once its own sessions have left.
+        if self.retired or install != self.install or (
+                identity is not None and known not in (None, identity)):
             self.retire()
             return {"ok": False, "retry": True}
+        if request.get("idle") is not None:
+            self.idle = float(request["idle"])  # the latest session's setting
         conn.env, conn.cwd = request["env"], request["cwd"]
-        if uri not in self.stores:
+        if uri not in self.stores or self.stores[uri].broken is not None:
             store = self.stores[uri] = Store(uri, Path(root) if root else None)
             with self._as_client(conn):
-                store.open()
+                store.open(self._notifier(conn))
             # What it is now that it is open (and created, on a first run).
             self.identities[uri] = store_identity(store.local_root)
         conn.store = self.stores[uri]
+        if conn.store.client is not None and conn.store.local_root is not None:
+            with self._as_client(conn), contextlib.suppress(Exception):
+                reap_orphans(conn.store.client)
         return {"ok": True, "pid": os.getpid()}
+
+    @staticmethod
+    def _notifier(conn: _Connection) -> Notify:
+        """Lines the waiting session shows its user before the reply (a lock wait)."""
+        def notify(text: str) -> None:
+            with contextlib.suppress(OSError):
+                conn.sock.sendall(json.dumps({"notice": text}).encode() + b"\n")
+        return notify
+
+    def _store_moved(self, store: Store) -> bool:
+        """Has the local store been moved, replaced or deleted since this helper opened it?
+        Then the next session gets a new helper (see _hello)."""
+        if store_identity(store.local_root) == self.identities.get(store.uri):
+            return False
+        self.retire()
+        return True
 
     @contextlib.contextmanager
     def _as_client(self, conn: _Connection) -> Iterator[None]:
@@ -340,9 +389,12 @@ class Service:
         store = conn.store
         assert store is not None
         client = store.client
-        lock = store_lock(store.local_root) if store.local_root else contextlib.nullcontext()
+        experiment = client.get_experiment_by_name(name)  # usually there: no lock needed
+        lock = (store_lock(store.local_root, self._notifier(conn)) if store.local_root
+                and experiment is None else contextlib.nullcontext())
         with lock:
-            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 location = None
                 if store.local_root is not None:  # next to the store, whatever the cwd
@@ -451,25 +503,36 @@ def local_store_fix(store: Path, exc: BaseException) -> str:
             f"mv {store} {store}.broken")
 
 
-@contextlib.contextmanager
-def store_lock(root: Path) -> Iterator[None]:
-    """Serialise creating the local sqlite store (and its experiments) across sessions.
+def moved_store_message(store: Store) -> str:
+    path = store.local_root / LOCAL_STORE  # type: ignore[operator]
+    return (f"the local MLflow store {path} was moved, replaced or deleted while this session "
+            "ran: this case's run stays RUNNING in the file that was moved (end it there, or "
+            "drop that file); the next session creates "
+            f"a new store at {path}")
 
-    Two processes migrating a new sqlite store at once leave it broken for good.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: sessions may race on the very first run
-        yield
-        return
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    lock_path = Path(tempfile.gettempdir()) / f"nbgate-mlflow-{digest}.lock"
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def reap_orphans(client: Any) -> int:
+    """End KILLED the RUNNING runs whose owning process (tag ``nbgate.owner``) is gone: a
+    session killed with its helper (``kill -9``, an out-of-memory kill) left them open."""
+    from mlflow.entities import RunTag
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return 0
+    reaped = 0
+    for run in client.search_runs(experiments, "attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tag = run.data.tags.get(OWNER_TAG)
+        if not tag or not owner_gone(tag):
+            continue
+        client.log_batch(run.info.run_id, tags=[
+            RunTag("nbgate.outcome", "interrupted"),
+            RunTag("nbgate.failure", f"ended by a later session: its process ({tag}) was gone "
+                   "and the run was still RUNNING"),
+        ])
+        client.set_terminated(run.info.run_id, "KILLED")
+        reaped += 1
+    return reaped
 
 
 @contextlib.contextmanager
@@ -535,8 +598,10 @@ def _serve(
                 selector.unregister(conn.sock)
                 conn.sock.close()
                 del connections[key.fd]
+                if not connections and not service.retired:
+                    release_memory()
                 quiet_since = time.monotonic()
-                allowed = RETIRE_GRACE if service.retired else idle
+                allowed = RETIRE_GRACE if service.retired else idle_allowed(service, idle)
                 continue
             conn.buffer += data
             while b"\n" in conn.buffer:
@@ -544,6 +609,30 @@ def _serve(
                 reply = service.handle(json.loads(line), conn)
                 with contextlib.suppress(OSError):
                     conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def idle_allowed(service: Service, started_with: float) -> float:
+    """How long to wait for the next session: the latest session's setting (one helper per
+    store serves sessions of any idle setting)."""
+    return started_with if service.idle is None else service.idle
+
+
+def release_memory() -> None:
+    """Hand back what the last session's calls left (free lists, malloc arenas) once idle."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory otherwise
+
+
+def resident_mb(pid: int | str = "self") -> float | None:
+    """Resident memory (VmRSS) in MB, on Linux."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 class Stopped(Exception):

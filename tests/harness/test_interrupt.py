@@ -35,6 +35,7 @@ SLOW = (
 NOTEBOOKS = {"fast1": FAST, "fast2": FAST, "slow1": SLOW, "slow2": SLOW}
 FINISHED = ("fast1", "fast2")
 UNFINISHED = ("slow1", "slow2")
+REPORTS_AHEAD_OF_EXIT_S = 2.0  # -n 2, controller signalled: 5.7-10.6 s measured, 0.15 s if last
 
 
 def case_id(name: str) -> str:
@@ -67,6 +68,7 @@ class Run:
             start_new_session=True,  # a process group of its own, as a CI job's shell has
         )
         self._chunks: list[bytes] = []
+        self.exited_at: float | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -91,6 +93,7 @@ class Run:
     def finish(self, timeout: float = 120) -> int:
         try:
             code = self.process.wait(timeout)
+            self.exited_at = time.time()  # wall clock, as file modification times are
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             pytest.fail(f"pytest did not stop after SIGTERM; output:\n{self.output}")
@@ -148,6 +151,15 @@ def test_sigterm_writes_reports_kills_kernels_and_ends_runs(
     for name in UNFINISHED:
         assert case_id(name) in summary
         assert case_id(name) in not_run
+
+    if args and not whole_group:
+        # SIGTERM to the controller alone: pytest-xdist then stops its workers, which takes
+        # seconds (5.5 s here). The reports must come first (the reporting hook is tryfirst),
+        # well inside Docker's 10 s grace period; written after the teardown, they came only
+        # 0.15 s before the exit.
+        assert run.exited_at is not None
+        margin = run.exited_at - (reports / "metrics.json").stat().st_mtime
+        assert margin >= REPORTS_AHEAD_OF_EXIT_S, f"reports written {margin:.2f} s before exit"
 
     # No kernel outlives the run: the hanging ones included.
     deadline = time.monotonic() + 10

@@ -361,6 +361,16 @@ def helpers_started_by(pid: int) -> list[int]:
     return found
 
 
+# pytest as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A process inherits an
+# ignored SIGINT (a shell without job control ignores it in every `cmd &` it starts, so
+# `make test &` passed SIG_IGN to this test and the inner pytest), and Python then leaves it
+# ignored: the inner session never saw the Ctrl-C and this test waited out its 60 s.
+AS_IN_A_TERMINAL = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.main(sys.argv[1:]))"
+)
+
+
 def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -368,8 +378,8 @@ def test_ctrl_c_ends_the_running_cases_run_killed_and_the_helper(
     clean_environment(monkeypatch, idle="0")  # a helper for this session only, as in CI
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=root, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-c", AS_IN_A_TERMINAL, "-p", "no:cacheprovider", "-q"], cwd=root,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
