@@ -48,7 +48,7 @@ def check_notebook(path: Path, root: Path) -> NotebookCheck:
     try:
         nb = read_notebook(path)
     except NotebookProblem as exc:
-        return NotebookCheck(rel, None, None, (), "unknown", str(exc))
+        return NotebookCheck(rel, None, None, (), "unknown", f"{rel}: {exc}")
     problem = None
     try:
         check_kernel(nb, rel)
@@ -233,7 +233,7 @@ def _existing(path: Path) -> Path:
 
 def _report(check: NotebookCheck, options: InitOptions, echo: Callable[[str], None]) -> None:
     if check.problem:
-        echo(f"{check.path}: {check.problem}")
+        echo(check.problem)  # names the notebook
         return
     if check.parameters is not None:
         names = ", ".join(check.parameters) or "no assignments"
