@@ -753,3 +753,35 @@ def test_sharded_train_jobs_split_the_cases_and_make_one_comment(
     notes = gitlab_standin.notes(7)
     assert len(notes) == 1, [n.body[:200] for n in notes]
     assert all(name in notes[0].body for name in names), notes[0].body
+
+
+def test_tag_pipeline_publishes_the_package_to_the_pypi_registry(
+    gcl: str, tmp_path: Path, gitlab_standin: GitLabStandIn
+) -> None:
+    """publish-package on a tag, in this machine's shell: `python -m build`, `twine check` and
+    `twine upload` with the job token to the project's PyPI registry (the loopback GitLab takes
+    it as GitLab does: Basic auth, user gitlab-ci-token, lib/api/pypi_packages.rb)."""
+    sources = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "nbgate",
+                              "reporting", "requirements-test.txt"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    repo = make_repo(tmp_path / "release", {**ci_files(), **{rel: ROOT / rel for rel in sources}},
+                     branch="main", message="Release 0.1.0")
+    done = run_job(gcl, repo, ["publish-package"], {
+        "CI_PIPELINE_SOURCE": "push", "CI_COMMIT_TAG": "v0.1.0",
+        "CI_API_V4_URL": gitlab_standin.api_url, "CI_PROJECT_ID": str(gitlab_standin.project_id),
+        "CI_JOB_TOKEN": gitlab_standin.job_token,
+        # The job installs the test extra (build, twine) into the image's venv; here that is
+        # the venv running these tests, which already holds the same pins.
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert gitlab_standin.job_token not in log
+    (package,) = [p for p in gitlab_standin.packages() if p.package_type == "pypi"]
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version and (package.name, package.version) == ("nbgate", version.group(1))
+    assert sorted(f.file_name for f in package.files) == [
+        f"nbgate-{version.group(1)}-py3-none-any.whl", f"nbgate-{version.group(1)}.tar.gz"]
+    posts = gitlab_standin.requests_to(f"/projects/{gitlab_standin.project_id}/packages/pypi",
+                                       "POST")
+    assert len(posts) == 2 and all(p.token_kind == "job" for p in posts)
