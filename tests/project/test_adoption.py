@@ -31,10 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.project.test_ci_file import clean_env, gcl, git, listed  # noqa: F401  (gcl: fixture)
+from tests.project.test_ci_file import gcl, git, listed  # noqa: F401  (gcl: a fixture)
 from tests.support.mlflow_server import MlflowServer
-
-pytestmark = pytest.mark.ci_file
+from tests.support.nbproject import write_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -142,14 +141,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     server.stop()
 
 
-def test_a_team_adopts_nbgate(venv: Path, server: MlflowServer, gcl: str,  # noqa: F811
-                              tmp_path: Path) -> None:
-    from tests.support.nbproject import write_notebook
-
-    repo = tmp_path / "churn"
-    write_notebook(repo / "notebooks" / "train_a.ipynb", [TRAIN_A], parameters="rate = 0.4")
+@pytest.fixture(scope="module")
+def adopted(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The team's repository (two notebooks, its own pyproject.toml, on a branch) after
+    `nbgate init --ci --tag-parameters`, committed with a `train ...` title; and init's output."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
+
+    repo = tmp_path_factory.mktemp("adopter") / "churn"
+    write_notebook(repo / "notebooks" / "train_a.ipynb", [TRAIN_A], parameters="rate = 0.4")
     b = new_notebook(cells=[new_code_cell(s) for s in TRAIN_B])
     b.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                 "language": "python"}
@@ -161,17 +161,25 @@ def test_a_team_adopts_nbgate(venv: Path, server: MlflowServer, gcl: str,  # noq
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "Notebooks")
     git(repo, "checkout", "-q", "-b", "adopt-nbgate")
+    init = run(["nbgate", "init", "notebooks/train_a.ipynb", "notebooks/train_b.ipynb",
+                "--kind", "train", "--ci", "--tag-parameters"], repo,
+               adopter_env(venv, repo.parent / "home"))
+    assert init.returncode == 0, init.stdout + init.stderr
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "train notebooks/train_a.ipynb notebooks/train_b.ipynb")
+    return repo, init.stdout
+
+
+def test_a_team_adopts_nbgate(venv: Path, server: MlflowServer, adopted: tuple[Path, str],
+                              tmp_path: Path) -> None:
+    repo, said = adopted
     env = adopter_env(venv, tmp_path / "home")
 
     # 1. nbgate init: the table, the parameters tag, the CI file; the next three commands.
-    init = run(["nbgate", "init", "notebooks/train_a.ipynb", "notebooks/train_b.ipynb",
-                "--kind", "train", "--ci", "--tag-parameters"], repo, env)
-    assert init.returncode == 0, init.stdout + init.stderr
-    assert "notebooks/train_b.ipynb: tag cell 2 as 'parameters'" in init.stdout
-    assert "records: accuracy" in init.stdout and "records: loss" in init.stdout
-    assert init.stdout.split("next:\n", 1)[1].count("\n") == 3
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "train notebooks/train_a.ipynb notebooks/train_b.ipynb")
+    assert "notebooks/train_b.ipynb: tag cell 2 as 'parameters'" in said
+    assert "records: accuracy" in said and "records: loss" in said
+    assert said.split("next:\n", 1)[1].count("\n") == 3
+    assert (repo / ".gitlab-ci.yml").is_file()
 
     # 2. pytest -m train on the fresh venv's own kernels, tracked to the local sqlite store.
     local = run(["pytest", "-m", "train", "-v", "-p", "no:cacheprovider"], repo, env)
@@ -186,14 +194,13 @@ def test_a_team_adopts_nbgate(venv: Path, server: MlflowServer, gcl: str,  # noq
     assert f"prefix: {venv}" in printed, printed  # the kernel is the venv's interpreter
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     cases = {c["id"]: c for c in metrics["cases"]}
-    assert cases["notebooks/train_b.ipynb::train[cpu]"]["metrics"]["loss"] == pytest.approx(
-        0.4723665527410147)
+    loss = pytest.approx(0.4723665527410147)  # exp(-3 * 0.25): the tagged cell's own values
+    assert cases["notebooks/train_b.ipynb::train[cpu]"]["metrics"]["loss"] == loss
     store = f"sqlite:///{(repo / 'mlflow.db').as_posix()}"
     assert runs_in(venv, store) == {"notebooks/train_a.ipynb::train[cpu]": {"accuracy": 0.9},
-                                    "notebooks/train_b.ipynb::train[cpu]": {
-                                        "loss": pytest.approx(0.4723665527410147)}}
+                                    "notebooks/train_b.ipynb::train[cpu]": {"loss": loss}}
 
-    # 3. The same cases tracked to an `mlflow server` running elsewhere.
+    # 3. The same case tracked to an `mlflow server` running elsewhere.
     server.wait_ready()
     remote = run(["pytest", "-m", "train", "-k", "train_a", "-p", "no:cacheprovider"], repo,
                  {**env, "MLFLOW_TRACKING_URI": server.url})
@@ -205,8 +212,12 @@ def test_a_team_adopts_nbgate(venv: Path, server: MlflowServer, gcl: str,  # noq
     assert publish.returncode == 0, publish.stdout + publish.stderr
     assert "<!-- nbgate:train -->" in publish.stdout and "train_a" in publish.stdout
 
-    # 5. The CI file `nbgate init` wrote, as GitLab would read it with the component of this
-    # version: gitlab-ci-local lists the component's jobs for a `train ...` title.
+
+def test_gitlab_ci_local_lists_the_components_jobs_in_the_adopters_pipeline(
+        gcl: str, adopted: tuple[Path, str]) -> None:  # noqa: F811
+    """The CI file `nbgate init` wrote, unedited, as GitLab reads it with the component of this
+    version (put where gitlab-ci-local keeps a fetched component: see the module docstring)."""
+    repo, _ = adopted
     include = yaml_include(repo)
     match = re.fullmatch(r"\$CI_SERVER_FQDN/(.+)/pipeline@(.+)", include)
     assert match, include
