@@ -206,13 +206,13 @@ def run_init(options: InitOptions, echo: Callable[[str], None]) -> int:
     broken = [c for c in checks if c.problem]
     if broken:
         raise InitError("; ".join(c.problem or "" for c in broken))
-    for check in checks:
+    # The table is checked (and written) first: a run that stops on it changes no notebook.
+    code = _declare(pyproject, checks, options, echo)
+    for check in checks if code == 0 else ():
         if check.parameters is None and check.candidate is not None and options.tag_parameters:
             echo(f"{check.path}: {would}tag cell {check.candidate + 1} as '{PARAMETERS_TAG}'")
             if not options.dry_run:
                 tag_cell(root / check.path, check.candidate)
-
-    code = _declare(pyproject, checks, options, echo)
     wrote_ci = options.ci and _include_component(root, options, echo)
     if code == 0:
         paths = " ".join(c.path for c in checks)
@@ -295,7 +295,7 @@ def _declare(pyproject: Path, checks: Sequence[NotebookCheck], options: InitOpti
         tables.pop("tool", None)
     if after is None or tables != before:
         raise InitError(f"{pyproject}: appending [tool.nbgate] would change its other tables "
-                        "(a `tool = {{...}}` inline table?); declare the pipelines by hand")
+                        "(a `tool = {...}` inline table?); declare the pipelines by hand")
     echo(f"{pyproject}: {would}{'add' if old else 'create it with'} [tool.nbgate] declaring "
          + ", ".join(f"{options.kind} {c.path}" for c in checks) + ":")
     for line in table.splitlines():
