@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.txt requirements-test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set (as on CI machines), every kernel
 	@# would otherwise recompile scikit-learn, xgboost and pandas on import (~4 s a notebook).
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e ".[example,bench,test]"
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt -r requirements-test.txt --config-settings editable_mode=compat -e ".[example,bench,test,ui]"
 	@# pytest's own compiled copies of the plugin modules, which it never writes where
 	@# PYTHONDONTWRITEBYTECODE is set: without them every pytest process recompiles ~80 modules.
 	bash .ci/warm-bytecode.sh $(PY)
@@ -28,7 +28,9 @@ train: $(STAMP)
 score: $(STAMP)
 	$(VENV)/bin/pytest -m score -v -o verbosity_test_cases=2
 
-# The MLflow UI on the local store `make train` logged to (http://127.0.0.1:5000).
+# The MLflow UI on the local store `make train` logged to (http://127.0.0.1:5000). The UI and
+# `mlflow server` are full mlflow, the `ui` extra (`pip install "nbgate[ui]"`), which `make install`
+# puts into the project venv; a plain `pip install nbgate` has only mlflow-skinny.
 mlflow: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
@@ -46,7 +48,7 @@ bench: $(STAMP)
 
 # Regenerate the pinned locks after changing ranges in pyproject.toml.
 lock: $(STAMP)
-	$(UV) pip compile pyproject.toml --extra example --extra bench -o requirements.txt --python-version 3.11
+	$(UV) pip compile pyproject.toml --extra example --extra bench --extra ui -o requirements.txt --python-version 3.11
 	$(UV) pip compile pyproject.toml --extra test -c requirements.txt -o requirements-test.txt --python-version 3.11 --no-header
 
 clean:

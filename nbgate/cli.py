@@ -147,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
         "fix. Exit 0 when everything will work, 1 when a row fails.")
     doctor.set_defaults(handler=_doctor)
 
+    init = commands.add_parser(
+        "init", help="declare notebooks in pyproject.toml and include nbgate's CI component",
+        description="Check each notebook (its 'parameters' cell, the metrics it records, its "
+        "kernel) and append a [tool.nbgate] table declaring them to pyproject.toml, creating "
+        "the file if needed. Only ever adds: an existing [tool.nbgate] or .gitlab-ci.yml is "
+        "never edited, and a second run changes nothing. Exit 0: declared (now or already); "
+        "2: bad input, or an existing [tool.nbgate] lacks these notebooks (the lines to add "
+        "are printed).")
+    init.add_argument("notebooks", nargs="+", type=Path, metavar="NOTEBOOK")
+    init.add_argument("--kind", choices=KINDS, required=True, help="what the notebooks do")
+    init.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"),
+                      help="the repository's pyproject.toml (default: %(default)s)")
+    init.add_argument("--ci", action="store_true",
+                      help="write a .gitlab-ci.yml that includes nbgate's component (or print "
+                      "the include lines when the file exists)")
+    init.add_argument("--tag-parameters", action="store_true",
+                      help="tag the first all-assignments code cell as 'parameters' where no "
+                      "cell is tagged")
+    init.add_argument("--dry-run", action="store_true", help="show everything, write nothing")
+    init.add_argument("--component-project", default=None, metavar="GROUP/PROJECT",
+                      help="where nbgate's project lives on your GitLab (default: nbgate/nbgate)")
+    init.set_defaults(handler=_init)
+
     cases = commands.add_parser(
         "cases", parents=[common], help="check [tool.nbgate] and list the declared cases",
         description="Validate [tool.nbgate] and list every declared case with its marks, "
@@ -330,6 +353,20 @@ def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             echo(f"warning: {message}")
 
     return _run(args, env, body)
+
+
+def _init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from nbgate.config import ConfigError
+    from nbgate.init_project import COMPONENT_PROJECT, InitError, InitOptions, run_init
+
+    options = InitOptions(args.notebooks, args.kind, args.pyproject, ci=args.ci,
+                          tag_parameters=args.tag_parameters, dry_run=args.dry_run,
+                          component_project=args.component_project or COMPONENT_PROJECT)
+    try:
+        return run_init(options, lambda line: print(line, flush=True))
+    except (InitError, ConfigError) as exc:
+        print(f"nbgate init: error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 def _cases(args: argparse.Namespace, env: Mapping[str, str]) -> int:

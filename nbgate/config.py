@@ -148,8 +148,18 @@ def load_config(pyproject: Path) -> NbgateConfig | None:
     if not pyproject.is_file():
         return None
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = pyproject.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+    return parse_config(pyproject, text)
+
+
+def parse_config(pyproject: Path, text: str) -> NbgateConfig | None:
+    """``[tool.nbgate]`` of ``text``, as if it were ``pyproject``'s content (paths relative to
+    its folder): `nbgate init` checks what it is about to write before writing it."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
     table = data.get("tool", {}).get("nbgate")
     if table is None:

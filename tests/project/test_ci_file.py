@@ -5,7 +5,9 @@
   lists which jobs each situation creates: commit titles, schedules, image changes;
 - gitlab-ci-local runs the train jobs in this machine's shell against a small repository that
   declares tiny notebooks, through the real pytest harness;
-- training as N parallel jobs (the train_shards input of .gitlab/ci/train-shards.yml): N jobs
+- the CI/CD component (templates/pipeline.yml): GitLab's schema on each of its two documents,
+  and gitlab-ci-local including it as this project's .gitlab-ci.yml does, at the same commit;
+- training as N parallel jobs (the component's shards input): N jobs
   listed, and N shard jobs that split the cases and still make one MR comment.
 
 Every run happens in a throwaway git repository in tmp_path, so gitlab-ci-local's state folder,
@@ -35,7 +37,8 @@ pytestmark = pytest.mark.ci_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CI_FILE = ROOT / ".gitlab-ci.yml"
-SHARDS_FILE = ROOT / ".gitlab" / "ci" / "train-shards.yml"  # included by CI_FILE
+# nbgate's CI/CD component, which CI_FILE includes from this project at this commit.
+COMPONENT = ROOT / "templates" / "pipeline.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 # The venv running these tests holds check-jsonschema, hadolint and the pytest the jobs call.
 VENV_BIN = Path(sys.executable).parent
@@ -48,7 +51,7 @@ SCORE_TITLE = "score notebooks/scoring_example.ipynb"
 
 def parallel(job: str, total: int = 1) -> set[str]:
     """gitlab-ci-local's names for the jobs of a `parallel: total` job (GitLab's: "<job> K/N").
-    The training jobs are parallel jobs, one of them unless train_shards says more."""
+    The training jobs are parallel jobs, one of them unless the shards input says more."""
     return {f"{job}: [{index}/{total}]" for index in range(1, total + 1)}
 
 
@@ -140,7 +143,12 @@ def make_repo(path: Path, files: dict[str, str | Path], *, branch: str = "featur
 
 
 def ci_files() -> dict[str, str | Path]:
-    return {".gitlab-ci.yml": CI_FILE, ".gitlab/ci/train-shards.yml": SHARDS_FILE,
+    """The files a pipeline of this project reads. gitlab-ci-local takes a component of the same
+    project (the include's path is the origin remote's group/project) at the same commit
+    (@$CI_COMMIT_SHA) from the working tree's templates/ (its parseIncludeComponent: isLocal),
+    as GitLab takes it from the commit itself."""
+    return {".gitlab-ci.yml": CI_FILE, "templates/pipeline.yml": COMPONENT,
+            ".ci/image-venv.sh": ROOT / ".ci" / "image-venv.sh",
             "Dockerfile": DOCKERFILE, "requirements.txt": ROOT / "requirements.txt"}
 
 
@@ -169,27 +177,58 @@ def test_ci_file_validates_against_gitlab_schema(tmp_path: Path) -> None:
     assert done.returncode != 0
 
 
-def test_train_shards_file_validates_against_gitlab_schema(tmp_path: Path) -> None:
-    """The included file has a spec header and the jobs, as two YAML documents: check-jsonschema
-    reads one document a file, so each is checked on its own, the input filled in."""
-    header, body = SHARDS_FILE.read_text().split("\n---\n")
-    inputs = yaml.safe_load(header)["spec"]["inputs"]
-    assert inputs["train_shards"]["type"] == "number" and inputs["train_shards"]["default"] == 1
-    assert yaml.safe_load(body) == {".train-shards": {"parallel": "$[[ inputs.train_shards ]]"}}
-    # .gitlab-ci.yml includes it with the one number to change.
-    (include,) = yaml.safe_load(CI_FILE.read_text())["include"]
-    assert include == {"local": ".gitlab/ci/train-shards.yml", "inputs": {"train_shards": 1}}
-    # The schema leaves hidden (.name) jobs alone: the template is also checked as a real job.
-    probe = body.replace(".train-shards:", 'train-probe:\n  script: ["true"]')
-    checked = {"header.yml": header, "jobs.yml": body.replace("$[[ inputs.train_shards ]]", "4"),
-               "probe-4.yml": probe.replace("$[[ inputs.train_shards ]]", "4"),
-               "probe-0.yml": probe.replace("$[[ inputs.train_shards ]]", "0")}
+def component_parts() -> tuple[str, dict[str, dict], str]:
+    """The component's two YAML documents: the spec header (its inputs) and the jobs."""
+    header, body = COMPONENT.read_text().split("\n---\n")
+    return header, yaml.safe_load(header)["spec"]["inputs"], body
+
+
+def interpolate(body: str, values: dict[str, object]) -> str:
+    """GitLab's `$[[ inputs.x ]]` interpolation: a string goes in as its text, anything else
+    (arrays, numbers, booleans) as its JSON, which YAML reads back as the same value."""
+    def value(match: re.Match[str]) -> str:
+        item = values[match.group(1)]
+        return item if isinstance(item, str) else json.dumps(item)
+
+    return re.sub(r"\$\[\[\s*inputs\.(\w+)\s*\]\]", value, body)
+
+
+def check_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                           str(path)], check=False, capture_output=True, text=True)
+
+
+def test_component_validates_against_gitlab_schema(tmp_path: Path) -> None:
+    """check-jsonschema reads one YAML document a file (two: "expected a single document in the
+    stream"), so the spec header and the jobs are checked each on their own, the jobs with every
+    input at its default as GitLab interpolates it."""
+    assert check_schema(COMPONENT).returncode != 0  # the two-document file as it is
+    header, inputs, body = component_parts()
+    assert set(inputs) == {
+        "image", "install", "cpu_tags", "gpu_tags", "score_tags", "gpu", "shards",
+        "schedule_trains", "schedule_scores", "model_pipeline", "model_path", "train_outputs",
+        "score_outputs", "publish"}
+    assert all("default" in spec and spec.get("description") for spec in inputs.values())
+    used = set(re.findall(r"\$\[\[\s*inputs\.(\w+)\s*\]\]", body))
+    assert used == set(inputs), "every input is used, and only declared inputs"
+    defaults = {name: spec["default"] for name, spec in inputs.items()}
+    checked = {
+        "header.yml": header,
+        "jobs.yml": interpolate(body, defaults),
+        "jobs-4-shards.yml": interpolate(body, {**defaults, "shards": 4}),
+        # parallel must be 1..200 and `script` is spelt so: the check means something.
+        "jobs-0-shards.yml": interpolate(body, {**defaults, "shards": 0}),
+        "jobs-misspelt.yml": interpolate(body, defaults).replace("  script:\n", "  scripts:\n", 1),
+    }
     for name, text in checked.items():
         (tmp_path / name).write_text(text)
-        done = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
-                               str(tmp_path / name)], check=False, capture_output=True, text=True)
-        # parallel must be 1..200: the schema check means something.
-        assert (done.returncode == 0) == (name != "probe-0.yml"), (name, done.stdout + done.stderr)
+        done = check_schema(tmp_path / name)
+        valid = name in ("header.yml", "jobs.yml", "jobs-4-shards.yml")
+        assert (done.returncode == 0) == valid, (name, done.stdout + done.stderr)
+    # This project includes it from itself at the commit under test, with the shards number.
+    (include,) = yaml.safe_load(CI_FILE.read_text())["include"]
+    assert include["component"] == "$CI_SERVER_FQDN/$CI_PROJECT_PATH/pipeline@$CI_COMMIT_SHA"
+    assert set(include["inputs"]) <= set(inputs) and include["inputs"]["shards"] == 1
 
 
 def test_dockerfile_is_hadolint_clean(tmp_path: Path) -> None:
@@ -267,7 +306,7 @@ SITUATIONS = [
      {**PUSH, "CI_COMMIT_MESSAGE": f"{TRAIN_TITLE} notebooks/other.ipynb\n\nWhy."},
      TEST | TRAIN_COMMIT),
     ("train-title-gpu-runner-off", "plain",
-     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "TRAIN_GPU_RUNNER": "none"},
+     {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "NBGATE_TRAIN_GPU": "false"},
      TEST | TRAIN_COMMIT - TRAIN_GPU),
     ("score-title", "plain", {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}, TEST | SCORE_COMMIT),
     ("ordinary-message", "plain", {**PUSH, "CI_COMMIT_MESSAGE": "Fix typo in the README"}, TEST),
@@ -283,7 +322,7 @@ SITUATIONS = [
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb"}, TRAIN_SCHEDULE),
     ("schedule-training-notebook-gpu-off", "plain",
      {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
-      "TRAIN_GPU_RUNNER": "none"}, TRAIN_SCHEDULE - TRAIN_GPU),
+      "NBGATE_TRAIN_GPU": "false"}, TRAIN_SCHEDULE - TRAIN_GPU),
     ("schedule-scoring-notebook-train-title-at-head", "plain",
      {**SCHEDULE, "SCORING_NOTEBOOK": "notebooks/scoring_example.ipynb",
       "CI_COMMIT_MESSAGE": TRAIN_TITLE}, SCORE_SCHEDULE),
@@ -309,14 +348,18 @@ SITUATIONS = [
     ("dockerfile-change-schedule", "dockerfile", SCHEDULE, SCORE_SCHEDULE),
     ("dockerfile-change-schedule-build-forced", "dockerfile",
      {**SCHEDULE, "BUILD_DS_IMAGE": "true"}, SCORE_SCHEDULE),
+    # A tag builds and uploads the package (and tests it); a tag's title trains nothing new.
+    ("tag", "plain", {**PUSH, "CI_COMMIT_TAG": "v0.2.0", "CI_COMMIT_MESSAGE": "Release 0.2.0"},
+     TEST | {"publish-package"}),
     # A tag pipeline (CI_COMMIT_TAG set, no CI_COMMIT_BRANCH) on a `train …`/`score …` commit
-    # runs the tests only: no training, scoring or publishing named after the tag.
+    # runs the tests and builds the package only: no training, scoring or publishing of a
+    # model named after the tag.
     ("tag-on-a-train-commit", "plain",
      {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
-     TEST),
+     TEST | {"publish-package"}),
     ("tag-on-a-score-commit", "main",
      {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE, "CI_COMMIT_TAG": "v1.0.0", "CI_COMMIT_BRANCH": ""},
-     TEST),
+     TEST | {"publish-package"}),
     ("manual-run-building-the-image", "plain",
      {"CI_PIPELINE_SOURCE": "web", "BUILD_DS_IMAGE": "true", "CI_COMMIT_MESSAGE": "Fix typo"},
      BUILD | TEST),
@@ -330,12 +373,48 @@ def test_jobs_for_each_situation(gcl: str, repos: dict[str, Path], repo: str,
     assert listed(gcl, repos[repo], variables) == jobs
 
 
+COMPONENT_ONLY = """
+include:
+  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/pipeline@$CI_COMMIT_SHA
+    inputs: {inputs}
+stages: [train, score, notify]
+"""
+
+
+@pytest.mark.parametrize(("inputs", "variables", "jobs"), [
+    ({}, {**PUSH, "CI_COMMIT_MESSAGE": "train a.ipynb"},
+     TRAIN_CPU | TRAIN_GPU | {"publish-mr", "publish-artifacts"}),
+    ({"gpu": False}, {**PUSH, "CI_COMMIT_MESSAGE": "train a.ipynb"},
+     TRAIN_CPU | {"publish-mr", "publish-artifacts"}),
+    ({"publish": False}, {**PUSH, "CI_COMMIT_MESSAGE": "train a.ipynb"}, TRAIN_CPU | TRAIN_GPU),
+    ({"publish": False}, {**PUSH, "CI_COMMIT_MESSAGE": "score a.ipynb"}, {"score"}),
+    ({"shards": 2, "gpu": False}, {**PUSH, "CI_COMMIT_MESSAGE": "train a.ipynb"},
+     parallel("train-cpu", 2) | {"publish-mr", "publish-artifacts"}),
+    # A schedule trains the schedule_trains notebooks without TRAINING_NOTEBOOK; without the
+    # input it scores.
+    ({"schedule_trains": "a.ipynb"}, SCHEDULE,
+     TRAIN_CPU | TRAIN_GPU | {"publish-wiki", "publish-artifacts"}),
+    ({}, SCHEDULE, {"score", "publish-wiki"}),
+    # A CI/CD variable switches the GPU job off at run time.
+    ({}, {**PUSH, "CI_COMMIT_MESSAGE": "train a.ipynb", "NBGATE_TRAIN_GPU": "false"},
+     TRAIN_CPU | {"publish-mr", "publish-artifacts"}),
+], ids=["defaults", "gpu-false", "publish-false-train", "publish-false-score", "shards-2",
+        "schedule-trains", "schedule-default", "gpu-variable-off"])
+def test_component_inputs_shape_the_jobs(gcl: str, tmp_path: Path, inputs: dict,
+                                         variables: dict[str, str], jobs: set[str]) -> None:
+    """The component alone, included as an adopter does, each input changing what it says."""
+    repo = make_repo(tmp_path / "component", {
+        "templates/pipeline.yml": COMPONENT,
+        ".gitlab-ci.yml": COMPONENT_ONLY.format(inputs=json.dumps(inputs))})
+    assert listed(gcl, repo, variables) == jobs
+
+
 def with_train_shards(count: int) -> str:
     """The CI file as a user asks for ``count`` parallel training jobs: the one documented number
     in .gitlab-ci.yml (GitLab does not expand variables in `parallel:`)."""
-    text, changed = re.subn(r"(?m)^(\s+train_shards:) 1\b", rf"\g<1> {count}",
+    text, changed = re.subn(r"(?m)^(\s+shards:) 1\b", rf"\g<1> {count}",
                             CI_FILE.read_text())
-    assert changed == 1, "the include sets train_shards once"
+    assert changed == 1, "the include sets shards once"
     return text
 
 
@@ -346,7 +425,7 @@ def test_train_shards_makes_n_training_jobs(gcl: str, tmp_path: Path) -> None:
     assert listed(gcl, repo, {**PUSH, "CI_COMMIT_MESSAGE": TRAIN_TITLE}) == (
         TEST | cpu | gpu | {"publish-mr", "publish-artifacts"})
     assert listed(gcl, repo, {**SCHEDULE, "TRAINING_NOTEBOOK": "notebooks/training_example.ipynb",
-                              "TRAIN_GPU_RUNNER": "none"}) == (
+                              "NBGATE_TRAIN_GPU": "false"}) == (
         parallel("train-cpu", 3) | {"publish-wiki", "publish-artifacts"})
     # Scoring stays one job.
     assert listed(gcl, repo, {**PUSH, "CI_COMMIT_MESSAGE": SCORE_TITLE}) == TEST | SCORE_COMMIT
@@ -402,12 +481,13 @@ def test_train_and_score_jobs_select_by_marker_and_commit(expanded: dict) -> Non
                                         "annotations": "reports/annotations.json"}, name
     script = expanded["score"]["script"]
     fetch = 'nbgate fetch-artifact --pipeline "$MODEL_PIPELINE" --dest "$MODEL_PATH"'
-    assert script.index(fetch) < len(script) - 1, "the model is fetched before scoring"
+    assert fetch in script[0] and len(script) == 2, "the model is fetched before scoring"
     for name in ("train-cpu", "train-gpu"):  # production's metrics, before pytest checks rules
         script = "\n".join(expanded[name]["script"])
         assert script.index("nbgate fetch-baseline") < script.index("pytest -m"), name
         assert "export NBGATE_BASELINE=reports/baseline" in script, name
-    assert expanded["variables"]["MODEL_PATH"] == "models/xgb_model.json"
+    assert expanded["score"]["variables"]["MODEL_PATH"] == "models/xgb_model.json"
+    assert expanded["score"]["variables"]["MODEL_PIPELINE"] == "training_example"
     assert "models/" in expanded["train-cpu"]["artifacts"]["paths"]
 
 
@@ -426,10 +506,14 @@ def test_notify_jobs(expanded: dict) -> None:
     assert expanded["publish-wiki"]["variables"]["MERGE_OPTIONS"] == "--allow-incomplete"
     assert "MERGE_OPTIONS" not in expanded["publish-artifacts"]["variables"]
     assert expanded["publish-mr"]["allow_failure"] is True
-    assert all(rule.get("when") == "always" for rule in expanded["publish-mr"]["rules"])
-    assert all(rule.get("when") == "always" for rule in expanded["publish-wiki"]["rules"])
+    # Each notify job's first rule is the component's `publish: false` switch.
+    off = {"if": '$NBGATE_PUBLISH != "true"', "when": "never"}
+    for name in ("publish-mr", "publish-wiki", "publish-artifacts", "promote-model"):
+        assert expanded[name]["rules"][0] == off, name
+    assert all(rule.get("when") == "always" for rule in expanded["publish-mr"]["rules"][1:])
+    assert all(rule.get("when") == "always" for rule in expanded["publish-wiki"]["rules"][1:])
     # A model is published only when every training job it needs succeeded.
-    assert all("when" not in rule for rule in expanded["publish-artifacts"]["rules"])
+    assert all("when" not in rule for rule in expanded["publish-artifacts"]["rules"][1:])
     assert "allow_failure" not in expanded["publish-artifacts"]
     fetched = {n["job"] for n in expanded["publish-artifacts"]["needs"] if n.get("artifacts", True)}
     assert fetched == {"build-ds-image", "train-cpu"}
@@ -662,7 +746,7 @@ SHARD_PYPROJECT = "[tool.nbgate.runners.cpu]\n" + "".join(
 def test_sharded_train_jobs_split_the_cases_and_make_one_comment(
     gcl: str, tmp_path: Path, gitlab_standin: GitLabStandIn
 ) -> None:
-    """train_shards: 2 and a title naming three notebooks: two CPU jobs, each running its own
+    """shards: 2 and a title naming three notebooks: two CPU jobs, each running its own
     share (from CI_NODE_INDEX/CI_NODE_TOTAL, no flag), each keeping its reports under its own
     name; the notify job then posts one comment with all three cases."""
     names = ("alpha", "beta", "gamma")
@@ -714,3 +798,35 @@ def test_sharded_train_jobs_split_the_cases_and_make_one_comment(
     notes = gitlab_standin.notes(7)
     assert len(notes) == 1, [n.body[:200] for n in notes]
     assert all(name in notes[0].body for name in names), notes[0].body
+
+
+def test_tag_pipeline_publishes_the_package_to_the_pypi_registry(
+    gcl: str, tmp_path: Path, gitlab_standin: GitLabStandIn
+) -> None:
+    """publish-package on a tag, in this machine's shell: `python -m build`, `twine check` and
+    `twine upload` with the job token to the project's PyPI registry (the loopback GitLab takes
+    it as GitLab does: Basic auth, user gitlab-ci-token, lib/api/pypi_packages.rb)."""
+    sources = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "nbgate",
+                              "reporting", "requirements-test.txt"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    repo = make_repo(tmp_path / "release", {**ci_files(), **{rel: ROOT / rel for rel in sources}},
+                     branch="main", message="Release 0.1.0")
+    done = run_job(gcl, repo, ["publish-package"], {
+        "CI_PIPELINE_SOURCE": "push", "CI_COMMIT_TAG": "v0.1.0",
+        "CI_API_V4_URL": gitlab_standin.api_url, "CI_PROJECT_ID": str(gitlab_standin.project_id),
+        "CI_JOB_TOKEN": gitlab_standin.job_token,
+        # The job installs the test extra (build, twine) into the image's venv; here that is
+        # the venv running these tests, which already holds the same pins.
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert gitlab_standin.job_token not in log
+    (package,) = [p for p in gitlab_standin.packages() if p.package_type == "pypi"]
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version and (package.name, package.version) == ("nbgate", version.group(1))
+    assert sorted(f.file_name for f in package.files) == [
+        f"nbgate-{version.group(1)}-py3-none-any.whl", f"nbgate-{version.group(1)}.tar.gz"]
+    posts = gitlab_standin.requests_to(f"/projects/{gitlab_standin.project_id}/packages/pypi",
+                                       "POST")
+    assert len(posts) == 2 and all(p.token_kind == "job" for p in posts)

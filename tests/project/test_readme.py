@@ -5,6 +5,7 @@ exist, executables are there, and the commands that can run here do, GitLab ones
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -24,7 +25,7 @@ BIN = Path(sys.executable).parent
 # name, a flag or a value).
 COMMANDS = ("make", "pytest", "nbgate", "mlflow", "source", ".venv/bin/", "PATH=", "git",
             "gitlab-ci-local", ".ci/")
-SYSTEM = {"source", "git", "PATH="}  # the shell's and git, not the project's
+SYSTEM = {"source", "git", "PATH=", "pip"}  # the shell's, git and pip, not the project's
 
 
 def readme_commands() -> list[str]:
@@ -55,6 +56,38 @@ def test_the_readme_opens_with_the_two_commands_and_how_to_enter_the_environment
     head = README[:1200]
     assert head.index("make train") < head.index("make test") < head.index(
         "source .venv/bin/activate")
+
+
+def test_the_readme_starts_with_use_it_in_your_repository_in_three_lines() -> None:
+    """Right after the two commands: install, init, include."""
+    two = "make test     # the project's whole test suite (what CI runs)\n```\n"
+    after = README.split(two, 1)[1]
+    assert after.startswith("\n## Use it in your repository\n")
+    section = after.split("\n## Use it in your repository\n", 1)[1].split("\n(details", 1)[0]
+    lines = [line for block in re.findall(r"```\w*\n(.*?)```", section, re.S)
+             for line in block.splitlines() if line.strip()]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("pip install --index-url ")
+    assert lines[0].endswith("/packages/pypi/simple nbgate")
+    assert lines[1].startswith("nbgate init ") and "--ci" in lines[1]
+    assert "component: $CI_SERVER_FQDN/" in lines[2] and "/pipeline@" in lines[2]
+
+
+def test_every_component_input_is_in_the_readme_with_its_default() -> None:
+    import yaml
+
+    component = (ROOT / "templates" / "pipeline.yml").read_text().split("\n---\n")[0]
+    inputs = yaml.safe_load(component)["spec"]["inputs"]
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\| `(\w+)` \| \w+ \| `([^`]*)` \|", README, re.M)}
+    for name, spec in inputs.items():
+        default = spec["default"]
+        shown = (json.dumps(default) if isinstance(default, str) and not default
+                 else "[" + ", ".join(default) + "]" if isinstance(default, list)
+                 else str(default).lower() if isinstance(default, bool) else str(default))
+        assert rows.get(name) == shown, (name, rows.get(name), shown)
+    assert set(rows) >= set(inputs)
+    assert "GitLab 17.0" in README
 
 
 def test_every_command_names_something_that_exists() -> None:
@@ -133,6 +166,8 @@ def test_commands_that_run_here_run_as_typed(after_training: Path) -> None:
         # These two need a live GitLab (doctor asks the instance named in CI_SERVER_URL).
         if program(command).endswith("nbgate") and command.split()[-1] in ("fetch-artifact",
                                                                              "doctor"):
+            continue
+        if command.startswith("nbgate init "):  # for another repository: test_init/test_adoption
             continue
         done = run(typed, after_training)
         if done.returncode != 0:

@@ -8,6 +8,11 @@ token rules, error shapes, pagination, faults, and each route the product calls.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import gitlab
 import pytest
@@ -497,6 +502,48 @@ def test_a_job_token_uploads_and_downloads_packages(job_gl: gitlab.Gitlab) -> No
 
 
 # --------------------------------------------------------------------------- uploads
+
+
+def test_twine_uploads_to_the_pypi_registry_with_the_job_token_as_basic_auth(
+    gitlab_standin: GitLabStandIn, tmp_path: Path
+) -> None:
+    """The real twine, as the tag pipeline's publish-package job runs it: user gitlab-ci-token,
+    the job token as password, one POST per file to /projects/:id/packages/pypi."""
+    wheel = tmp_path / "demo-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("demo/__init__.py", "")
+        archive.writestr("demo-1.0.0.dist-info/METADATA",
+                         "Metadata-Version: 2.1\nName: demo\nVersion: 1.0.0\n")
+        archive.writestr("demo-1.0.0.dist-info/WHEEL",
+                         "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr("demo-1.0.0.dist-info/RECORD", "")
+
+    def twine(user: str, password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("twine")), "upload", "--non-interactive",
+             "--disable-progress-bar", "--repository-url",
+             f"{gitlab_standin.api_url}/projects/{gitlab_standin.project_id}/packages/pypi",
+             str(wheel)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "TWINE_USERNAME": user, "TWINE_PASSWORD": password})
+
+    assert twine("gitlab-ci-token", "not-the-token").returncode != 0
+    done = twine("gitlab-ci-token", gitlab_standin.job_token)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (package,) = [p for p in gitlab_standin.packages() if p.package_type == "pypi"]
+    assert (package.name, package.version) == ("demo", "1.0.0")
+    assert [f.file_name for f in package.files] == [wheel.name]
+    assert package.files[0].data == wheel.read_bytes()
+    posts = gitlab_standin.requests_to("/packages/pypi", "POST")
+    assert posts[-1].token_header == "Authorization" and posts[-1].token_kind == "job"
+    # A personal or project token works as Basic too; Basic elsewhere is no token at all.
+    assert twine("anyone", gitlab_standin.private_token).returncode == 0
+    basic = requests.get(api(gitlab_standin, "/packages"), timeout=5,
+                         auth=("gitlab-ci-token", gitlab_standin.job_token))
+    assert basic.status_code == 401
+    missing = requests.post(api(gitlab_standin, "/packages/pypi"), timeout=5,
+                            auth=("gitlab-ci-token", gitlab_standin.job_token),
+                            files={"name": (None, "demo")})
+    assert missing.status_code == 400 and missing.json() == {"error": "content is missing"}
 
 
 def test_project_upload_returns_markdown_and_keeps_bytes(

@@ -8,6 +8,7 @@ the handler under the state's lock.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -87,6 +88,7 @@ class Request:
     host: str
     token: Token | None = None
     params: dict[str, str] = field(default_factory=dict)  # path parameters, unquoted
+    basic_auth: bool = False  # the token came as HTTP Basic credentials
 
     @property
     def base(self) -> str:
@@ -227,7 +229,8 @@ def wiki_json(page: WikiPage) -> dict[str, Any]:
 def package_json(state: GitLabState, package: Package) -> dict[str, Any]:
     return {
         "id": package.id, "name": package.name, "version": package.version,
-        "package_type": "generic", "status": package.status, "created_at": package.created_at,
+        "package_type": package.package_type, "status": package.status,
+        "created_at": package.created_at,
         "tags": [], "_links": {"web_path": f"/{state.project_path}/-/packages/{package.id}"},
     }
 
@@ -501,10 +504,10 @@ def list_packages(state: GitLabState, req: Request) -> Response:
     package_type = req.choice("package_type", PACKAGE_TYPES, "")
     order_by = req.choice("order_by", tuple(PACKAGE_ORDER), "created_at")
     sort = req.choice("sort", ("asc", "desc"), "asc")
-    # Every stored package is generic; GitLab matches package_name as a substring, in any case.
+    # GitLab matches package_name as a substring, in any case.
     needle = req.query.get("package_name", "").lower()
     packages = [p for p in state.db.packages
-                if package_type in ("", "generic") and needle in p.name.lower()
+                if package_type in ("", p.package_type) and needle in p.name.lower()
                 and p.status in DISPLAYABLE_STATUSES]
     packages.sort(key=lambda p: (getattr(p, PACKAGE_ORDER[order_by]), p.id),
                   reverse=sort == "desc")
@@ -518,6 +521,27 @@ def list_package_files(state: GitLabState, req: Request) -> Response:
     if package is None:
         raise not_found("Package")
     return paged_json(req, list(package.files), lambda f: package_file_json(package, f))
+
+
+# -- PyPI packages ------------------------------------------------------------------------------
+
+
+def upload_pypi_package(state: GitLabState, req: Request) -> Response:
+    """`twine upload` (the legacy upload API): multipart fields ``content`` (the file), ``name``
+    and ``version`` required (Grape: "<field> is missing"), one POST per file; 201 on success
+    (lib/api/pypi_packages.rb, `post do` under ':id/packages/pypi')."""
+    content_type = req.headers.get("Content-Type") or ""
+    parts = (parse_multipart(content_type, req.body)
+             if content_type.lower().startswith("multipart/form-data") else {})
+    for name in ("content", "name", "version"):
+        if name not in parts:
+            raise bad_param(f"{name} is missing")
+    file_name, data = parts["content"]
+    if not file_name:
+        raise bad_param("content is invalid")
+    state.db.store_package_file(parts["name"][1].decode(), parts["version"][1].decode(),
+                                file_name, data, package_type="pypi")
+    return json_response(201, {"message": "201 Created"})
 
 
 # -- project uploads ----------------------------------------------------------------------------
@@ -581,6 +605,9 @@ class Route:
     # token access" table): the request counts as unauthenticated, and ``authenticate!`` answers
     # 401.
     job_token_unauthenticated: bool = False
+    # Routes GitLab marks `job_token_allowed: :basic_auth, basic_auth_personal_access_token`
+    # (the package managers' APIs) also take the token as HTTP Basic credentials.
+    basic_auth: bool = False
     pattern: re.Pattern[str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -620,6 +647,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/projects/:id/packages/:package_id/package_files", list_package_files,
           allow_job_token=True),
     Route("POST", "/projects/:id/uploads", create_upload),
+    Route("POST", "/projects/:id/packages/pypi", upload_pypi_package, allow_job_token=True,
+          basic_auth=True),
 )
 
 
@@ -643,11 +672,21 @@ _TOKEN_HEADERS: tuple[tuple[str, TokenKind], ...] = (("PRIVATE-TOKEN", "private"
 
 def authenticate(state: GitLabState, headers: Message) -> tuple[str | None, Token | None]:
     """The token header sent and the token it names, the way GitLab looks: each header only
-    accepts its own kind of token."""
+    accepts its own kind of token. HTTP Basic credentials name a job token with the user
+    ``gitlab-ci-token`` and a personal/project token with any other user
+    (lib/gitlab/auth/auth_finders.rb); dispatch accepts them on basic-auth routes only."""
     for header, kind in _TOKEN_HEADERS:
         value = headers.get(header)
         if value is not None:
             return header, state.token(value, kind)
+    authorization = headers.get("Authorization") or ""
+    if authorization[:6].lower() == "basic ":
+        try:
+            user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return "Authorization", None
+        kind: TokenKind = "job" if user == "gitlab-ci-token" else "private"
+        return "Authorization", state.token(password, kind)
     return None, None
 
 
@@ -655,6 +694,8 @@ def dispatch(state: GitLabState, req: Request) -> Response:
     """Route, then GitLab's checks in its order: 401 without a valid token, 404 for a project
     the token cannot see, 403 for what a job token may not do; then the handler."""
     route, params = find_route(req.method, req.path)
+    if req.basic_auth and not route.basic_auth:
+        req.token = None  # GitLab's REST API ignores Basic credentials outside those routes
     if req.token is None:
         raise ApiError(401, {"message": "401 Unauthorized"})
     if "id" in params and not (state.is_project(params["id"]) and req.token.project_access):

@@ -213,18 +213,21 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             response = _fault_response(fault)
         else:
-            response = self._route(split.path, split.query, body, token)
+            response = self._route(split.path, split.query, body, token,
+                                   via_basic=token_header == "Authorization")
         record.status = response.status
         standin._record(record)
         self._send(response)
 
-    def _route(self, path: str, query: str, body: bytes, token: Token | None) -> Response:
+    def _route(self, path: str, query: str, body: bytes, token: Token | None, *,
+               via_basic: bool) -> Response:
         standin = self.server.standin
         if not path.startswith(API_PREFIX + "/"):
             return json_response(404, {"error": "404 Not Found"})
         host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
         req = Request(self.command, path[len(API_PREFIX):],
-                      parse_qsl(query, keep_blank_values=True), self.headers, body, host, token)
+                      parse_qsl(query, keep_blank_values=True), self.headers, body, host, token,
+                      basic_auth=via_basic)
         try:
             return dispatch(standin, req)
         except ApiError as error:

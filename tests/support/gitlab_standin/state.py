@@ -1,5 +1,5 @@
 """The stand-in's data: one project, its users and tokens, merge requests and notes, wiki pages,
-generic packages and uploads, and the records the server keeps (requests, faults).
+generic and PyPI packages and uploads, and the records the server keeps (requests, faults).
 
 Nothing here speaks HTTP. ``GitLabState`` is what tests seed and inspect (copies out, under its
 lock); ``Tables`` holds the rows that the route handlers in routes.py read and change.
@@ -115,6 +115,7 @@ class Package:
     created_at: str
     files: list[PackageFile] = field(default_factory=list)
     status: str = "default"
+    package_type: str = "generic"  # or "pypi" (twine uploads)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class RequestRecord:
     path: str  # raw (still percent-encoded) path including /api/v4, without the query
     query: dict[str, str]
     header_names: frozenset[str]  # lower-cased
-    token_header: str | None  # "PRIVATE-TOKEN", "JOB-TOKEN" or None
+    token_header: str | None  # "PRIVATE-TOKEN", "JOB-TOKEN", "Authorization" (Basic) or None
     token_kind: TokenKind | None  # kind of the matched token; None when absent or unknown
     token_matched: bool
     username: str | None
@@ -196,8 +197,10 @@ class Tables:
         self.notes[note.id] = note
         return note
 
-    def find_package(self, name: str, version: str) -> Package | None:
-        return next((p for p in self.packages if p.name == name and p.version == version), None)
+    def find_package(self, name: str, version: str,
+                     package_type: str = "generic") -> Package | None:
+        return next((p for p in self.packages if p.name == name and p.version == version
+                     and p.package_type == package_type), None)
 
     def find_package_file(self, name: str, version: str, file_name: str) -> PackageFile | None:
         """The newest file of that name: GitLab serves the last one uploaded."""
@@ -206,13 +209,15 @@ class Tables:
         return next((f for f in files if f.file_name == file_name), None)
 
     def store_package_file(self, name: str, version: str, file_name: str, data: bytes,
-                           status: str | None = None) -> Package:
+                           status: str | None = None,
+                           package_type: str = "generic") -> Package:
         """GitLab's ``Packages::Generic::CreatePackageFileService``: the package is created
         (status ``default``) by its first file, and an upload that gives a status sets it:
         ``package.update_column(:status, params[:status]) if params[:status] && ...``."""
-        package = self.find_package(name, version)
+        package = self.find_package(name, version, package_type)
         if package is None:
-            package = Package(self.next_id("package"), name, version, self.tick())
+            package = Package(self.next_id("package"), name, version, self.tick(),
+                              package_type=package_type)
             self.packages.append(package)
         package.files.append(PackageFile(self.next_id("package_file"), file_name, data,
                                          self.tick()))
