@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
+from nbgate.contract.json_file import JSONFileError, parse_json
 from nbgate.contract.model import CaseResult, Fingerprint
 
 MANIFEST_FILE = "nbgate-manifest.json"
@@ -142,9 +143,9 @@ class Manifest:
     def loads(cls, data: bytes, source: str) -> Manifest:
         """Read and validate a manifest; ManifestError names ``source`` and the field."""
         try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{source}: not valid JSON: {exc}") from None
+            raw = parse_json(data, source)  # a manifest nested 200,000 deep is an error too
+        except JSONFileError as exc:
+            raise ManifestError(str(exc)) from None
         _validate(raw, source)
         candidate = raw["candidate"]
         return cls(

@@ -323,3 +323,13 @@ def test_an_output_name_gitlab_refuses_is_a_config_error_before_anything_runs(
            "not a file name GitLab's package registry accepts")
     assert why in run.stdout + run.stderr
     assert not (tmp_path / "ran.txt").exists() and not (tmp_path / "reports").exists()
+
+
+def test_a_manifest_nested_200000_deep_is_an_error_naming_it() -> None:
+    """Deep JSON in a file nbgate reads is a clear error naming the file (issue 20), the
+    manifest of a package version included: never a RecursionError traceback."""
+    from reporting.manifest import ManifestError
+
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(ManifestError, match=r"^x 1\.0\.0/nbgate-manifest\.json: .*nested deeper"):
+        Manifest.loads(deep, f"x 1.0.0/{MANIFEST_FILE}")
