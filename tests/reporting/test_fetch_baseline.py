@@ -24,9 +24,11 @@ from nbgate.contract.codec import read_metrics
 from tests.reporting.test_publish_mr import ci_env, pipeline_ctx, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
+from tests.support.packages import seed_version
 
 RELEASE = "1.0.0+aaaaaaaa.990"
-PACKAGES = "GET /projects/42/packages?package_type=generic&package_name=train"
+NAME = "notebooks-train"  # the package of notebooks/train.ipynb, named from its path
+PACKAGES = f"GET /projects/42/packages?package_type=generic&package_name={NAME}"
 
 
 def project(root: Path) -> Path:
@@ -50,8 +52,9 @@ def release(standin: GitLabStandIn, tmp_path: Path, data: bytes | None = None) -
     production = train_case(notebook="notebooks/train.ipynb")
     production.metrics = {"auc": 0.95}
     folder = write_reports(tmp_path / "release", [production], pipeline_ctx("990", ref="main"))
-    standin.add_package_file("train", RELEASE, "metrics.json",
-                             data if data is not None else (folder / "metrics.json").read_bytes())
+    seed_version(standin, NAME, RELEASE,
+                 {"metrics.json": data if data is not None else
+                  (folder / "metrics.json").read_bytes()}, commit="a" * 40, pipeline="990")
 
 
 def test_the_newest_release_is_written_and_exit_is_0(
@@ -61,9 +64,9 @@ def test_the_newest_release_is_written_and_exit_is_0(
     release(gitlab_standin, tmp_path)
     code, out, err = fetch(root, ci_env(gitlab_standin), capsys)
     assert (code, err) == (0, "")
-    assert out == f"baseline: train {RELEASE} -> {root}/reports/baseline/train@{RELEASE}.json\n"
+    assert out == f"baseline: {NAME} {RELEASE} -> {root}/reports/baseline/{NAME}@{RELEASE}.json\n"
     assert sorted(p.name for p in (root / "reports" / "baseline").iterdir()) == [
-        f"train@{RELEASE}.json"]
+        f"{NAME}@{RELEASE}.json"]
 
 
 def test_no_release_yet_is_exit_0_and_the_rules_say_so(
@@ -76,7 +79,7 @@ def test_no_release_yet_is_exit_0_and_the_rules_say_so(
     code, out, err = fetch(root, ci_env(gitlab_standin), capsys)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "no baseline for train has no release yet",
+        f"no baseline for {NAME} has no release yet",
         "nbgate fetch-baseline: no release to compare with yet; baseline rules are not checked"]
     folder = root / "reports" / "baseline"
     assert [p.name for p in folder.iterdir()] == [NOT_CHECKED_FILE]
@@ -116,8 +119,8 @@ def test_gitlab_not_answering_fails_in_one_line_naming_status_and_endpoint(
                "(500 Internal Server Error): still failing after 1 retries",
         "timeout": f"no answer from GitLab for {PACKAGES}&order_by=created_at&sort=desc: "
                    "ReadTimeout after 2 tries with a 0.5 s timeout",
-        "invalid": f"GitLab answered 200 for GET /projects/42/packages/generic/train/{RELEASE}/"
-                   f"metrics.json (train {RELEASE}/metrics.json: ",
+        "invalid": f"GitLab answered 200 for GET /projects/42/packages/generic/{NAME}/{RELEASE}/"
+                   f"metrics.json ({NAME} {RELEASE}/metrics.json: ",
     }[outcome]
     assert line.startswith(f"nbgate fetch-baseline: error: {expected}"), line
     assert token not in err

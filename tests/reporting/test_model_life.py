@@ -285,7 +285,12 @@ def test_promote_with_a_job_token_on_an_older_gitlab_says_why_it_got_404(
                            "GitLab versions from 2025 on")
     assert "CI_PROJECT_ID" not in line and line.endswith("set REPO_TOKEN (scope api, role "
                                                          "Developer) for this job")
-    # A GitLab that takes the job token there gets on with it (here: no candidate to release).
+    # A GitLab that takes the job token there gets one step further, to the merge request's
+    # commits (which candidates belong to !7), and a job token cannot list those: promote needs
+    # REPO_TOKEN, and says so.
     gitlab_standin.job_token_lists_commit_merge_requests = True
     code, out = nbgate(root, env, "promote", capsys=capsys)
-    assert code == 0 and "nothing to promote: !7 has no passing candidate" in out, out
+    [line] = out.splitlines()
+    assert code == 1 and line.startswith("nbgate promote: error: GitLab answered 403 for GET "
+                                         "/projects/42/merge_requests/7/commits"), out
+    assert "set REPO_TOKEN" in line
