@@ -7,11 +7,9 @@ imported when a case runs.
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
-from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 
 from nbgate.config import (
     DEFAULT_TIMEOUT,
-    Case,
     ConfigError,
     NbgateConfig,
     ParameterSource,
@@ -28,92 +25,32 @@ from nbgate.config import (
 )
 from nbgate.contract.baselines import ENV_VAR as BASELINE_ENV
 from nbgate.contract.baselines import (
-    BaselineRun,
     BaselineUnavailable,
-    baseline_metrics,
     load_baselines,
 )
 from nbgate.contract.codec import ResultsFileError, case_to_json
 from nbgate.contract.failure_text import render_failure
-from nbgate.contract.model import CUSTOM_KIND, CaseResult, Failure
+from nbgate.contract.model import CUSTOM_KIND, CaseResult
 from nbgate.contract.session import SessionResults, session_key
 from nbgate.contract.text import clean_text
 from nbgate.pytest_plugin import hookspecs, interrupt
 from nbgate.pytest_plugin.commit_select import CommitSelection, SelectionError, selection_for
-from nbgate.pytest_plugin.gpu import missing_gpu_failure, missing_gpu_reason, visible_cuda_devices
+from nbgate.pytest_plugin.items import NotebookCase, NotebookFile, needs_kernel, remember
 from nbgate.pytest_plugin.option_paths import redetermine_setup, spaced, value_options
+from nbgate.pytest_plugin.state import (
+    NbgateState,
+    get_state,
+    next_item_key,
+    positions_key,
+    results_key,
+    state_key,
+)
 from nbgate.pytest_plugin.verdict import RESULTS_ATTRIBUTE, ResultGatherer
 from nbgate.running.case import CaseFailed, CaseRunner, CaseSpec, slugify
 from nbgate.running.kernels import prestart_depth
-from nbgate.running.thresholds import NO_BASELINE, parse_threshold
+from nbgate.running.thresholds import parse_threshold
 
 SESSION_KEY = "nbgate_session"  # in xdist's workerinput: the controller's session id
-
-
-@dataclass
-class NbgateState:
-    config: NbgateConfig | None
-    root: Path
-    reports: Path
-    runner: CaseRunner
-    require_gpu: bool
-    require_baseline: bool
-    in_ci: bool
-    cases_by_path: dict[str, list[Case]] = field(default_factory=dict)  # absolute notebook path
-    selection: CommitSelection | None = None  # from --nbgate-commit
-    baselines: list[BaselineRun] = field(default_factory=list)  # from --nbgate-baseline
-    baseline_problem: str | None = None  # why --nbgate-baseline could not be read
-    no_baseline: str | None = None  # what `nbgate fetch-baseline` left instead of releases
-    session_id: str = ""  # one per pytest session; xdist workers share the controller's
-
-    def spec_for(self, case: Case) -> CaseSpec:
-        assert self.config is not None
-        pipeline = case.pipeline
-        return CaseSpec(
-            case_id=case.id,
-            notebook=pipeline.notebook,
-            kind=pipeline.kind,
-            runner=case.runner.name,
-            slug=case.slug,
-            parameters=pipeline.parameters,
-            shared_parameters=self.config.parameter_sources(case, self.in_ci)[1:],
-            thresholds=pipeline.thresholds,
-            baseline=self.baseline_for(case),
-            require_baseline=self.require_baseline,
-            no_baseline=self.why_no_baseline(),
-            timeout=pipeline.timeout,
-            outputs=pipeline.outputs,
-            inputs=pipeline.inputs,
-            experiment=pipeline.experiment,
-            version=pipeline.version,
-        )
-
-    def baseline_for(self, case: Case) -> Mapping[str, float] | None:
-        if not any(t.rule.uses_baseline for t in case.pipeline.thresholds):
-            return None
-        probe = CaseResult(case.id, case.pipeline.notebook, case.pipeline.kind, case.runner.name,
-                           "passed")
-        return baseline_metrics(probe, self.baselines)
-
-    def why_no_baseline(self) -> str:
-        """What a not-checked baseline rule says when its case has no baseline."""
-        if self.no_baseline:  # fetch-baseline's reason: "no release yet", "GitLab could not …"
-            return self.no_baseline
-        if self.baseline_problem:
-            return "the baseline could not be read"
-        if self.baselines:
-            return "the baseline has no case of this notebook"
-        return NO_BASELINE
-
-
-state_key = pytest.StashKey[NbgateState]()
-results_key = pytest.StashKey[list[CaseResult]]()
-next_item_key = pytest.StashKey[list[pytest.Item]]()  # the items after this one, see _upcoming
-positions_key = pytest.StashKey[dict[int, int]]()
-
-
-def get_state(config: pytest.Config) -> NbgateState:
-    return config.stash[state_key]
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -317,59 +254,6 @@ def pytest_collection_modifyitems(
         reporter.write_line(selection.describe())
 
 
-class NotebookFile(pytest.File):
-    def collect(self) -> Iterator[NotebookCase]:
-        for case in get_state(self.config).cases_by_path[str(self.path)]:
-            yield NotebookCase.from_parent(self, name=case.name, case=case)
-
-
-class NotebookCase(pytest.Item):
-    def __init__(self, *, case: Case, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.case = case
-        self.add_marker(case.pipeline.kind)
-        self.add_marker(case.runner.name)
-
-    def runtest(self) -> None:
-        state = get_state(self.config)
-        spec = state.spec_for(self.case)
-        if self.case.runner.gpu and not visible_cuda_devices():
-            result = CaseResult(spec.case_id, spec.notebook, spec.kind, spec.runner, "skipped")
-            reason = missing_gpu_reason()
-            if state.require_gpu:
-                result.outcome = "failed"
-                result.failure = Failure("gpu_missing", missing_gpu_failure())
-                _remember(self, result)
-                raise CaseFailed(result)
-            result.skip_reason = reason
-            _remember(self, result)
-            pytest.skip(reason)
-        result = state.runner.run(spec, prestart_next=self._prestart_next(state))
-        _remember(self, result)
-        if not result.passed:
-            raise CaseFailed(result)
-
-    def _prestart_next(self, state: NbgateState) -> Callable[[], None] | None:
-        ahead = sum(map(_needs_kernel, self.stash.get(next_item_key, ())))
-        if not ahead:
-            return None
-        return functools.partial(state.runner.prestart, ahead)
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        # The domain heads the failure section, so it is the full case id. pytest rewrites dots
-        # as "::" in verbose lines whose node id ends with the domain; the trailing space keeps
-        # it from matching, so those lines show the node id untouched.
-        return self.path, None, f"{self.case.id} "
-
-
-def _remember(item: pytest.Item, result: CaseResult) -> None:
-    item.stash.setdefault(results_key, []).append(result)
-    for name, value in result.metrics.items():
-        item.user_properties.append((name, value))
-    if result.tracking is not None:
-        item.user_properties.extend(result.tracking.properties())
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
@@ -377,11 +261,11 @@ def pytest_runtest_protocol(
     # Only here does pytest (and xdist's worker loop) say which item runs next in this process.
     upcoming = _upcoming(item, nextitem)
     item.stash[next_item_key] = upcoming
-    if _needs_kernel(item):
+    if needs_kernel(item):
         # Usually a no-op: the previous case started these kernels. For the first case (or one
         # after plain tests) they boot while pytest sets the case up and nbgate reads the
         # notebook, instead of after.
-        ahead = sum(map(_needs_kernel, [item, *upcoming][: _prestart_depth()]))
+        ahead = sum(map(needs_kernel, [item, *upcoming][: _prestart_depth()]))
         get_state(item.config).runner.prestart(ahead)
     return (yield)
 
@@ -405,13 +289,6 @@ def _upcoming(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.It
 
 def _prestart_depth() -> int:
     return prestart_depth(CaseRunner.parallel_workers(), os.cpu_count() or 1)
-
-
-def _needs_kernel(item: pytest.Item | None) -> bool:
-    """Will ``item`` run a notebook here? A GPU case without a GPU is skipped before it would."""
-    if not isinstance(item, NotebookCase):
-        return False
-    return not (item.case.runner.gpu and not visible_cuda_devices())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -494,7 +371,7 @@ def run_notebook(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
             experiment=pipeline.experiment if pipeline is not None else None,
         )
         result = state.runner.run(spec)
-        _remember(request.node, result)
+        remember(request.node, result)
         if check and not result.passed:
             raise CaseFailed(result)
         return result

@@ -32,7 +32,7 @@ import pytest
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import case_to_json
 from nbgate.contract.files import write_text_atomic
-from nbgate.pytest_plugin.plugin import NotebookCase, get_state
+from nbgate.pytest_plugin.items import NotebookCase
 from nbgate.pytest_plugin.shard import (
     Shard,
     ShardError,
@@ -43,6 +43,7 @@ from nbgate.pytest_plugin.shard import (
     read_durations,
     shard_from,
 )
+from nbgate.pytest_plugin.state import get_state
 
 PLUGIN_NAME = "nbgate-shard"  # the entry point's name: `-p no:nbgate-shard` turns it off
 SHARD_FILE = "shard.json"

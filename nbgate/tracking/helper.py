@@ -1,4 +1,5 @@
-"""The MLflow helper process: the only place nbgate imports mlflow.
+"""The MLflow helper process: the only process nbgate imports mlflow in (its service.py and
+store.py import it, in the helper only).
 
 ``import mlflow`` and opening the local sqlite store cost ~3 s of CPU, more than a session of
 small notebooks. pytest attaches to a helper (``python -m nbgate.tracking.helper``) as it

@@ -302,7 +302,7 @@ def _will_run_notebooks(config: pytest.Config) -> bool:
     Only then is the helper started as pytest configures; otherwise the first case that needs
     a run (a ``run_notebook`` test) starts it.
     """
-    from nbgate.pytest_plugin.plugin import get_state
+    from nbgate.pytest_plugin.state import get_state
 
     notebooks = get_state(config).cases_by_path
     if not notebooks or config.getoption("nbmake", default=False):

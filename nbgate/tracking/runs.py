@@ -71,7 +71,8 @@ class RunRequests:
         if item is None or self._config is None:
             return None
         from nbgate.pytest_plugin.gpu import visible_cuda_devices
-        from nbgate.pytest_plugin.plugin import NotebookCase, get_state
+        from nbgate.pytest_plugin.items import NotebookCase
+        from nbgate.pytest_plugin.state import get_state
 
         if not isinstance(item, NotebookCase):
             return None
