@@ -225,7 +225,7 @@ def bytecode_state(bytecode_cache: Path | None) -> str:
     # PYTHONDONTWRITEBYTECODE set, never writes them; make install writes them once.
     import pytest
 
-    plugin = importlib.util.find_spec("nbgate.plugin")
+    plugin = importlib.util.find_spec("nbgate.pytest_plugin.plugin")
     tail = f".{sys.implementation.cache_tag}-pytest-{pytest.__version__}.pyc"
     rewritten = bool(plugin and plugin.origin and (
         Path(plugin.origin).parent / "__pycache__" / f"plugin{tail}").is_file())
@@ -277,8 +277,8 @@ def idle_helper_mb(project: Path, variant: Variant, env: Mapping[str, str],
                    log_dir: Path) -> float | None:
     """Resident memory (MB) of the warm MLflow helper of ``project``'s store, idle after a
     session (``variant`` runs one if none is warm); None where it cannot be found (not Linux)."""
-    from nbgate.helper_files import digest, private_folder
-    from nbgate.mlflow_helper import resident_mb
+    from nbgate.tracking.files import digest, private_folder
+    from nbgate.tracking.helper import resident_mb
 
     folder = private_folder()
     if folder is None:
@@ -297,7 +297,7 @@ def idle_helper_mb(project: Path, variant: Variant, env: Mapping[str, str],
 def stop_warm_helpers(projects: Sequence[Path]) -> None:
     """SIGTERM the warm helpers of the benchmark's stores: its 600 s idle would leave each
     holding ~220 MB for ten minutes after the report."""
-    from nbgate.helper_files import digest, private_folder
+    from nbgate.tracking.files import digest, private_folder
 
     folder = private_folder()
     if folder is None:

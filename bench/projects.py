@@ -178,7 +178,7 @@ def seed_mlflow_store(roots: Sequence[Path]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         code = ("import sys; from pathlib import Path; "
-                "from nbgate.mlflow_helper import create_local_store; "
+                "from nbgate.tracking.store import create_local_store; "
                 "create_local_store(Path(sys.argv[1]))")
         built = subprocess.run([sys.executable, "-c", code, folder], capture_output=True,
                                text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})

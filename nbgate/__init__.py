@@ -4,7 +4,7 @@ Notebooks use ``from nbgate import record, record_figure``; this module stays im
 because every kernel imports it.
 """
 
-from nbgate.recording import record, record_figure
+from nbgate.running.recording import record, record_figure
 
 __all__ = ["record", "record_figure"]
 __version__ = "0.1.0"

@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], body: Callable[..., N
         PublishUsageError,
         ReportsIncomplete,
     )
-    from reporting.gitlab_client import scrubber
+    from reporting.gitlab.client import scrubber
 
     scrub = scrubber(env)
     label = _label(args)
@@ -242,7 +242,7 @@ def _reports(args: argparse.Namespace, config: Any) -> list[Path]:
 
 def _declared(config: Any) -> list[Any]:
     """The declared pipelines as the publishing wing takes them."""
-    from reporting.publish_artifacts import Declared
+    from reporting.gitlab.publish_artifacts import Declared
 
     pipelines = config.pipelines if config is not None else ()
     return [Declared(p.notebook, p.kind, tuple(p.outputs), p.version) for p in pipelines]
@@ -252,18 +252,18 @@ def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
         folders = _reports(args, config)
         if args.target == "mr":
-            from reporting.publish_mr import publish_mr
+            from reporting.gitlab.publish_mr import publish_mr
 
             publish_mr(folders, env, kind=args.kind, dry_run=args.dry_run, root=_root(config),
                        baseline_path=args.baseline, echo=echo, scrub=scrub)
         elif args.target == "wiki":
-            from reporting.publish_wiki import WikiSettings, publish_wiki
+            from reporting.gitlab.publish_wiki import WikiSettings, publish_wiki
 
             settings = WikiSettings(**config.wiki) if config is not None else WikiSettings()
             publish_wiki(folders, env, settings=settings,
                          kind=args.kind, dry_run=args.dry_run, echo=echo, scrub=scrub)
         else:
-            from reporting.publish_artifacts import publish_artifacts
+            from reporting.gitlab.publish_artifacts import publish_artifacts
 
             publish_artifacts(folders, env, declared=_declared(config), root=_root(config),
                               kind=args.kind,
@@ -274,7 +274,7 @@ def _publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.publish_artifacts import fetch_artifact
+        from reporting.gitlab.publish_artifacts import fetch_artifact
 
         fetch_artifact(args.pipeline, args.dest, env, declared=_declared(config),
                        version=args.package_version, files=args.files or (), echo=echo)
@@ -284,8 +284,8 @@ def _fetch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from nbgate.fingerprint import checkout_fingerprints
-        from reporting.promote import promote
+        from nbgate.running.fingerprint import checkout_fingerprints
+        from reporting.gitlab.promote import promote
 
         # The merged code's fingerprints, computed here (the harness) and compared there.
         fingerprints = (checkout_fingerprints(config, in_ci=bool(env.get("CI")))
@@ -298,7 +298,7 @@ def _promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.verify import verify
+        from reporting.gitlab.verify import verify
 
         verify(args.pipeline, env, declared=_declared(config), version=args.package_version,
                echo=echo)
@@ -308,7 +308,7 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _fetch_baseline(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.production import fetch_baseline
+        from reporting.gitlab.production import fetch_baseline
 
         dest = args.dest or (config.reports if config is not None else Path("reports")) / "baseline"
         notebooks = [p.notebook for p in config.pipelines] if config is not None else []
@@ -321,7 +321,7 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     works: list[bool] = []
 
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
-        from reporting.doctor import doctor
+        from reporting.gitlab.doctor import doctor
 
         works.append(doctor(env, echo))
 
@@ -332,8 +332,8 @@ def _doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _merge_reports(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     def body(config: Any, echo: Callable[[str], None], scrub: Callable[[str], str]) -> None:
         from reporting.errors import ReportsIncomplete
-        from reporting.reports_folder import load_reports
-        from reporting.shards import check_shards, merge_reports
+        from reporting.files.reports_folder import load_reports
+        from reporting.files.shards import check_shards, merge_reports
 
         runs = load_reports(args.reports)
         shards = check_shards(args.reports, runs)

@@ -24,7 +24,7 @@ from nbgate.contract.names import (
     package_name,
     version_problem,
 )
-from nbgate.thresholds import parse_threshold
+from nbgate.running.thresholds import parse_threshold
 
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_RUNNERS: dict[str, dict[str, Any]] = {"cpu": {}, "gpu": {"gpu": True}}

@@ -19,8 +19,8 @@ from typing import Any
 
 from nbgate import __version__
 from nbgate.config import parse_config
-from nbgate.injection import PARAMETERS_TAG
-from nbgate.notebook import NotebookProblem, check_kernel, parameter_names, read_notebook
+from nbgate.running.injection import PARAMETERS_TAG
+from nbgate.running.notebook import NotebookProblem, check_kernel, parameter_names, read_notebook
 
 # Where nbgate's own project lives on the adopter's GitLab (its CI/CD component and PyPI
 # registry); --component-project points elsewhere.

@@ -228,7 +228,7 @@ FINGERPRINT_PARTS = (*FINGERPRINT_COMPARED, "python")
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What determines a case's model, hashed (``nbgate.fingerprint`` computes it).
+    """What determines a case's model, hashed (``nbgate.running.fingerprint`` computes it).
 
     ``sha256`` is the digest promote compares: it covers the parts in ``FINGERPRINT_COMPARED``
     (each a sha256; ``lock`` is None when there is no ``requirements.txt``). ``parts`` also

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.case_files import MANIFEST, ReportFiles
+from nbgate.running.case_files import MANIFEST, ReportFiles
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.commit_select import CommitSelection, SelectionError, selection_for
 from nbgate.config import NbgateConfig, load_config
+from nbgate.pytest_plugin.commit_select import CommitSelection, SelectionError, selection_for
 from tests.support.nbproject import run_pytest
 
 TRAIN_A = "notebooks/train_a.ipynb"

@@ -9,7 +9,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from nbgate.contract.failure_text import render_failure
 from nbgate.contract.model import CaseResult
-from nbgate.execute import cell_failure, cell_label, source_excerpt
+from nbgate.running.execute import cell_failure, cell_label, source_excerpt
 
 
 def failed_notebook(source: str, line: int) -> object:

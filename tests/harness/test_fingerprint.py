@@ -14,7 +14,7 @@ import pytest
 from nbgate.config import ConfigError, load_config
 from nbgate.contract.codec import load_metrics
 from nbgate.contract.model import Fingerprint
-from nbgate.fingerprint import checkout_fingerprints, code_digest
+from nbgate.running.fingerprint import checkout_fingerprints, code_digest
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 
 CASE = "notebooks/train.ipynb::train[cpu]"

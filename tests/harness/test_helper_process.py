@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.helper_files import (
+from nbgate.tracking.files import (
     HelperFilesError,
     digest,
     private_folder,

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from papermill.parameterize import parameterize_notebook
 
-from nbgate.injection import inject_parameters, python_literal
+from nbgate.running.injection import inject_parameters, python_literal
 
 AWKWARD_VALUES: list[Any] = [
     None,

@@ -30,7 +30,7 @@ def test_a_plain_install_collects_a_project_without_the_example_stack(tmp_path: 
     assert install.returncode == 0, install.stderr
 
     missing = subprocess.run(
-        [str(python), "-c", "import importlib.util as u, nbgate, reporting.plugin; "
+        [str(python), "-c", "import importlib.util as u, nbgate, reporting.files.plugin; "
          "print([m for m in ('xgboost', 'optuna', 'nbmake', 'papermill') if u.find_spec(m)])"],
         capture_output=True, text=True)
     assert missing.stdout.strip() == "[]", missing.stdout + missing.stderr

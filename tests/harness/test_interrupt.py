@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.interrupt import SigtermHandler, Terminated
+from nbgate.pytest_plugin.interrupt import SigtermHandler, Terminated
 from tests.support.nbproject import kernels_with, write_notebook, write_pyproject
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds kernels in /proc")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nbgate.kernels import Kernel, KernelKey, KernelPool, kernel_environment, prestart_depth
+from nbgate.running.kernels import Kernel, KernelKey, KernelPool, kernel_environment, prestart_depth
 from tests.support.nbproject import process_alive, run_pytest, write_notebook, write_pyproject
 
 
@@ -84,7 +84,7 @@ def test_prestart_depth_is_one_kernel_per_core_this_process_may_use(
 
 COUNTING_CONFTEST = """
 import os
-from nbgate.kernels import KernelPool
+from nbgate.running.kernels import KernelPool
 
 _start = KernelPool._start
 

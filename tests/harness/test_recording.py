@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from nbgate import record
-from nbgate.notebook import read_recorded
-from nbgate.recording import METRIC_MIME
+from nbgate.running.notebook import read_recorded
+from nbgate.running.recording import METRIC_MIME
 
 
 def test_plain_python_prints_the_metric(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,5 @@
-"""Sharding: the pure split (nbgate/shard.py) and --nbgate-shard / CI_NODE_* in real pytest runs."""
+"""Sharding: the pure split (nbgate/pytest_plugin/shard.py) and --nbgate-shard / CI_NODE_* in
+real pytest runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from nbgate.cli import main as nbgate_main
 from nbgate.contract.model import CaseResult
-from nbgate.shard import (
+from nbgate.pytest_plugin.shard import (
     Shard,
     ShardError,
     assign,

@@ -16,9 +16,9 @@ from nbgate.contract.baselines import load_baselines
 from nbgate.contract.codec import ResultsFileError, load_metrics, read_metrics
 from nbgate.contract.json_file import JSONFileError, read_json
 from nbgate.contract.model import CaseResult
-from nbgate.notebook import NotebookProblem, read_notebook
-from nbgate.shard import Shard, ShardError, shard_from
-from reporting.comment import decode_state
+from nbgate.pytest_plugin.shard import Shard, ShardError, shard_from
+from nbgate.running.notebook import NotebookProblem, read_notebook
+from reporting.gitlab.comment import decode_state
 from tests.support.builders import build_metrics, write_metrics_json
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 

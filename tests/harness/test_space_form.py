@@ -4,7 +4,8 @@ the project read back by ``publish`` and ``merge-reports`` (issue 20, items 2 an
 pytest determines its rootdir and configuration file from the free arguments before it loads
 ``pytest11`` plugins (``_pytest/config/__init__.py``, ``Config.parse``), so before the fix
 ``pytest --nbgate-reports /tmp/x`` rooted the session at ``/tmp/x``, never read the project's
-``pyproject.toml`` and collected nothing (exit 5); ``nbgate/option_paths.py`` is the fix.
+``pyproject.toml`` and collected nothing (exit 5); ``nbgate/pytest_plugin/option_paths.py`` is
+the fix.
 """
 
 from __future__ import annotations

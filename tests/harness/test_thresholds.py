@@ -5,7 +5,7 @@ import math
 import pytest
 
 from nbgate.contract.model import Rule
-from nbgate.thresholds import evaluate, parse_threshold
+from nbgate.running.thresholds import evaluate, parse_threshold
 
 
 @pytest.mark.parametrize(

@@ -356,7 +356,7 @@ def helpers_started_by(pid: int) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if parent == pid and b"nbgate.mlflow_helper" in argv and process_alive(int(proc.name)):
+        if parent == pid and b"nbgate.tracking.helper" in argv and process_alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 
@@ -706,8 +706,8 @@ def test_bad_token_fails_the_case_with_uri_and_status(
 
 # -- the hooks in-process, for the remaining combinations ------------------------------------
 def hook_case(tmp_path: Path) -> tuple[Any, Any]:
-    from nbgate.case import CaseRun, CaseSpec
     from nbgate.contract.model import CaseResult
+    from nbgate.running.case import CaseRun, CaseSpec
 
     spec = CaseSpec("notebooks/n.ipynb::train[cpu]", "notebooks/n.ipynb", "train", "cpu", "n")
     result = CaseResult(spec.case_id, spec.notebook, "train", "cpu", "passed", metrics={"a": 1.0})
@@ -729,7 +729,7 @@ def trackers() -> Iterator[list[Any]]:
 def test_unreachable_server_fails_the_case_fast(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
-    from nbgate.tracking import Tracker
+    from nbgate.tracking.plugin import Tracker
 
     clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
@@ -754,7 +754,7 @@ def test_unreachable_server_fails_the_case_fast(
 def test_unreachable_server_is_a_warning_when_tracking_is_optional(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
-    from nbgate.tracking import NbgateTrackingWarning, Tracker
+    from nbgate.tracking.plugin import NbgateTrackingWarning, Tracker
 
     clean_environment(monkeypatch, idle="0")
     uri = f"http://127.0.0.1:{free_port()}"
@@ -773,7 +773,7 @@ def test_unreachable_server_is_a_warning_when_tracking_is_optional(
 def test_bad_token_is_a_warning_when_tracking_is_optional(
     tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch, trackers: list[Any]
 ) -> None:
-    from nbgate.tracking import NbgateTrackingWarning, Tracker
+    from nbgate.tracking.plugin import NbgateTrackingWarning, Tracker
 
     clean_environment(monkeypatch, idle="0")
     with RecordingProxy(server.url, token=TOKEN) as proxy:
@@ -793,7 +793,7 @@ def test_bad_token_is_a_warning_when_tracking_is_optional(
 
 def test_run_urls() -> None:
     from nbgate.contract.ci_context import CIContext
-    from nbgate.tracking import run_url
+    from nbgate.tracking.plugin import run_url
 
     assert run_url("http://u:p@mlflow:5000/", "3", "abc", CIContext()) == (
         "http://mlflow:5000/#/experiments/3/runs/abc"

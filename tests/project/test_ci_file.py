@@ -677,7 +677,7 @@ def test_train_job_fails_before_pytest_when_gitlab_refuses_the_baseline(
 
 
 def test_gpu_train_job_requires_a_gpu(gcl: str, job_repo: Callable[[str], Path]) -> None:
-    from nbgate.gpu import visible_cuda_devices
+    from nbgate.pytest_plugin.gpu import visible_cuda_devices
 
     title = "train notebooks/tiny_train.ipynb"
     repo = job_repo(title)

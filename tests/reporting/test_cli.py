@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nbgate.cli import main
-from reporting.comment import is_comment_for
-from reporting.publish_wiki import parse_page
+from reporting.gitlab.comment import is_comment_for
+from reporting.gitlab.publish_wiki import parse_page
 from tests.reporting.test_publish_mr import SHA, ci_env, pipeline_ctx, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.packages import seed_version

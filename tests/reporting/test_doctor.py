@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nbgate.cli import main
-from reporting.doctor import MINIMUM_GITLAB, MINIMUM_TEXT
+from reporting.gitlab.doctor import MINIMUM_GITLAB, MINIMUM_TEXT
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.gitlab_standin.state import DEVELOPER, REPORTER
 from tests.support.mlflow_server import MlflowServer, RecordingProxy

@@ -35,7 +35,7 @@ from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
 # mlflow's sqlite store warns about its own use of sqlalchemy when the tests read runs back.
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")
 
-NOTE_COLUMN_PX = 1000  # GitLab's note column; reporting/preview.py gives the note that width
+NOTE_COLUMN_PX = 1000  # GitLab's note column; reporting/files/preview.py gives the note that width
 
 NOTEBOOKS: dict[str, tuple[list[str], str]] = {
     # Records one gated metric, then fails before the other: "accuracy not recorded" is a side

@@ -18,8 +18,8 @@ from nbgate.cli import main
 from nbgate.config import load_config
 from nbgate.contract.codec import read_metrics
 from nbgate.contract.model import CaseResult, Fingerprint
-from nbgate.fingerprint import checkout_fingerprints
-from reporting.manifest import ManifestCase
+from nbgate.running.fingerprint import checkout_fingerprints
+from reporting.gitlab.manifest import ManifestCase
 from tests.reporting.test_publish_mr import WEB, ci_env, pipeline_ctx, train_case, write_reports
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.nbproject import run_pytest, write_notebook, write_pyproject

@@ -22,7 +22,7 @@ import pytest
 
 from nbgate.contract.model import CaseResult
 from nbgate.contract.names import package_name
-from reporting.manifest import MANIFEST_FILE, Manifest
+from reporting.gitlab.manifest import MANIFEST_FILE, Manifest
 from tests.reporting.test_model_life import (
     BRANCH_SHA,
     CANDIDATES,
@@ -328,7 +328,7 @@ def test_an_output_name_gitlab_refuses_is_a_config_error_before_anything_runs(
 def test_a_manifest_nested_200000_deep_is_an_error_naming_it() -> None:
     """Deep JSON in a file nbgate reads is a clear error naming the file (issue 20), the
     manifest of a package version included: never a RecursionError traceback."""
-    from reporting.manifest import ManifestError
+    from reporting.gitlab.manifest import ManifestError
 
     deep = b"[" * 200_000 + b"]" * 200_000
     with pytest.raises(ManifestError, match=r"^x 1\.0\.0/nbgate-manifest\.json: .*nested deeper"):

@@ -11,9 +11,9 @@ import pytest
 from nbgate.config import NbgateConfig, load_config
 from nbgate.contract.codec import read_metrics
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
-from reporting.manifest import MANIFEST_FILE, Manifest
-from reporting.packages import candidate_version, package_name, release_version
-from reporting.publish_artifacts import (
+from reporting.gitlab.manifest import MANIFEST_FILE, Manifest
+from reporting.gitlab.packages import candidate_version, package_name, release_version
+from reporting.gitlab.publish_artifacts import (
     Declared,
     fetch_artifact,
     publish_artifacts,

@@ -17,9 +17,9 @@ import pytest
 
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.model import CaseResult, Failure, Tracking
-from reporting.comment import decode_state, is_comment_for, marker
 from reporting.errors import PublishError, PublishSkipped, PublishUsageError
-from reporting.publish_mr import publish_mr
+from reporting.gitlab.comment import decode_state, is_comment_for, marker
+from reporting.gitlab.publish_mr import publish_mr
 from tests.support.builders import build_metrics, check, write_metrics_json
 from tests.support.gitlab_standin import GitLabStandIn
 from tests.support.packages import seed_version
@@ -544,7 +544,7 @@ def test_a_5000_case_comment_stays_under_gitlabs_note_limit_with_capped_uploads(
     MAX_TEXT_SIZE_LIMIT = 1_000_000 in lib/gitlab/database.rb; the stand-in answers 400 the same
     way). 5,000 cases with two figures each, long causes and tracebacks: the note is posted,
     with at most 100 figures, failed cases' first, and no more uploads than it shows."""
-    from reporting.comment import MAX_FIGURES, MAX_TABLE_ROWS, NOTE_LIMIT
+    from reporting.gitlab.comment import MAX_FIGURES, MAX_TABLE_ROWS, NOTE_LIMIT
 
     figures = tmp_path / "reports" / "figures"
     figures.mkdir(parents=True)

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from reporting.errors import PublishError, PublishSkipped
-from reporting.gitlab_client import connect
-from reporting.publish_wiki import (
+from reporting.files.reports_folder import load_reports
+from reporting.gitlab.client import connect
+from reporting.gitlab.publish_wiki import (
     WikiSettings,
     _write_page,
     case_labels,
@@ -20,7 +21,6 @@ from reporting.publish_wiki import (
     publish_wiki,
     split_row,
 )
-from reporting.reports_folder import load_reports
 from tests.reporting.test_publish_mr import (
     Output,
     ci_env,

@@ -21,18 +21,18 @@ from nbgate.contract.baselines import load_baselines, release_file_name
 from nbgate.contract.ci_context import CIContext
 from nbgate.contract.codec import load_metrics
 from nbgate.contract.model import CaseResult, Failure, Rule, Tracking, case_labels
-from reporting import markdown as fmt
-from reporting.baseline import (
+from reporting.files import markdown as fmt
+from reporting.files.baseline import (
     Baseline,
     BaselineInfo,
     MetricDelta,
     apply_baseline,
     baseline_line,
 )
-from reporting.junit import junit_xml
-from reporting.report_files import annotations, metric_prefixes, metrics_txt
-from reporting.summary import render_summary
-from reporting.terminal import case_lines, files_line
+from reporting.files.junit import junit_xml
+from reporting.files.report_files import annotations, metric_prefixes, metrics_txt
+from reporting.files.summary import render_summary
+from reporting.files.terminal import case_lines, files_line
 from tests.support.builders import build_metrics, check, write_metrics_json
 from tests.support.nbproject import write_notebook, write_pyproject
 

@@ -1,12 +1,12 @@
 """Seeding the stand-in's package registry the way nbgate publishes: every file hidden, then a
-valid ``nbgate-manifest.json`` with status ``default`` (``reporting.packages``)."""
+valid ``nbgate-manifest.json`` with status ``default`` (``reporting.gitlab.packages``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 from nbgate.contract.ci_context import CIContext
-from reporting.manifest import MANIFEST_FILE, CandidateRef, ManifestCase, build_manifest
+from reporting.gitlab.manifest import MANIFEST_FILE, CandidateRef, ManifestCase, build_manifest
 from tests.support.gitlab_standin import GitLabStandIn
 
 WEB = "https://gitlab.example.com/group/project"

@@ -1,0 +1,1 @@
+"""Running one case: the notebook, its parameters, kernels, recording, thresholds, files."""

@@ -1,0 +1,1 @@
+"""Tracking: an MLflow run per case, through one helper process per user and store."""

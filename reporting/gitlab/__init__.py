@@ -1,0 +1,1 @@
+"""The GitLab side: the client, the MR comment, the wiki, packages, promotion, production."""
