@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
-from nbgate.contract.json_file import JSONFileError, parse_json, read_json
+from nbgate.contract.json_file import JSONFileError, parse_json, read_json, schema_violation
 from nbgate.contract.model import (
     CaseResult,
     Failure,
@@ -296,14 +296,9 @@ def load_metrics(path: str | Path) -> MetricsDocument:
 def validate_document(data: Mapping[str, Any], source: str) -> None:
     """Check ``data`` against the published schema of its version; the first error, with its
     JSON path (``cases[0].duration_s``), becomes a ResultsFileError."""
-    import jsonschema  # nbformat's dependency; only publish and baselines read files
-
-    validator = jsonschema.Draft202012Validator(_schema(int(data["schema"])))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is None:
-        return
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    raise ResultsFileError(f"{source}: {where.lstrip('.') or 'document'}: {error.message}")
+    violation = schema_violation(data, _schema(int(data["schema"])))
+    if violation is not None:
+        raise ResultsFileError(f"{source}: {violation}")
 
 
 @cache

@@ -46,6 +46,19 @@ def read_json(path: Path, shown: str | None = None) -> Any:
     return parse_json(data, source)
 
 
+def schema_violation(data: Any, schema: dict[str, Any]) -> str | None:
+    """The most telling way ``data`` breaks ``schema``, as ``<JSON path>: <why>``
+    (``cases[0].duration_s: -1 is less than the minimum of 0``), or None when it conforms."""
+    import jsonschema  # nbformat's dependency; only readers of files import it
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return f"{where.lstrip('.') or 'document'}: {error.message}"
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     # Iterative: the check itself must not recurse.
     stack: list[tuple[Any, int]] = [(value, 1)]

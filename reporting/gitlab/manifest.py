@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nbgate.contract.ci_context import CIContext
-from nbgate.contract.json_file import JSONFileError, parse_json
+from nbgate.contract.json_file import JSONFileError, parse_json, schema_violation
 from nbgate.contract.model import CaseResult, Fingerprint
 
 MANIFEST_FILE = "nbgate-manifest.json"
@@ -198,14 +198,9 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def _validate(data: Any, source: str) -> None:
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(_schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is None:
-        return
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    raise ManifestError(f"{source}: {where.lstrip('.') or 'document'}: {error.message}")
+    violation = schema_violation(data, _schema())
+    if violation is not None:
+        raise ManifestError(f"{source}: {violation}")
 
 
 @cache

@@ -24,7 +24,12 @@ from nbgate.pytest_plugin.shard import (
     split,
 )
 from tests.support.builders import build_metrics, write_metrics_json
-from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
+from tests.support.nbproject import (
+    run_pytest,
+    write_indexed_training_project,
+    write_notebook,
+    write_pyproject,
+)
 
 # -- the setting ------------------------------------------------------------------------------
 
@@ -178,13 +183,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six tiny declared training notebooks and the durations a previous unsharded run recorded
     (one notebook much longer than the rest)."""
     root = tmp_path_factory.mktemp("shards")
-    table = "[tool.nbgate.runners.cpu]\n"
-    for i in range(NOTEBOOKS):
-        write_notebook(root / "notebooks" / f"n{i}.ipynb",
-                       [f"from nbgate import record\nrecord('index', {i})"])
-        table += (f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/n{i}.ipynb"\n'
-                  'kind = "train"\nrunners = ["cpu"]\n')
-    write_pyproject(root, table)
+    write_indexed_training_project(root, NOTEBOOKS)
     recorded = [CaseResult(case_id(i), f"notebooks/n{i}.ipynb", "train", "cpu", "passed",
                            600.0 if i == 0 else 60.0) for i in range(NOTEBOOKS)]
     write_metrics_json(root / "reports" / "metrics.json", build_metrics(recorded))

@@ -18,7 +18,7 @@ import pytest
 
 from nbgate.cli import main
 from nbgate.contract.codec import dumps_metrics, load_metrics, metrics_document
-from tests.support.nbproject import run_pytest, write_notebook, write_pyproject
+from tests.support.nbproject import run_pytest, write_indexed_training_project
 
 NOTEBOOKS = 9
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -42,13 +42,7 @@ def keep(root: Path, index: int, jobs: Path, name: str | None = None) -> Path:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Nine one-cell notebooks and the three shards of one pipeline, kept as CI keeps them."""
     root = tmp_path_factory.mktemp("sharded")
-    table = "[tool.nbgate.runners.cpu]\n"
-    for i in range(NOTEBOOKS):
-        write_notebook(root / "notebooks" / f"n{i}.ipynb",
-                       [f"from nbgate import record\nrecord('index', {i})"])
-        table += (f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/n{i}.ipynb"\n'
-                  'kind = "train"\nrunners = ["cpu"]\n')
-    write_pyproject(root, table)
+    write_indexed_training_project(root, NOTEBOOKS)
     for index in (1, 2, 3):
         done = run_pytest(root, *FAST, env=ci(index))
         assert done.returncode == 0, done.stdout + done.stderr

@@ -41,6 +41,18 @@ def write_pyproject(root: Path, nbgate_table: str, *, testpaths: str = '["notebo
     return path
 
 
+def write_indexed_training_project(root: Path, count: int) -> None:
+    """``count`` one-cell training notebooks ``notebooks/n<i>.ipynb``, each recording its index,
+    declared on the cpu runner: the smallest project that shards and merges visibly."""
+    table = "[tool.nbgate.runners.cpu]\n"
+    for i in range(count):
+        write_notebook(root / "notebooks" / f"n{i}.ipynb",
+                       [f"from nbgate import record\nrecord('index', {i})"])
+        table += (f'[[tool.nbgate.pipelines]]\nnotebook = "notebooks/n{i}.ipynb"\n'
+                  'kind = "train"\nrunners = ["cpu"]\n')
+    write_pyproject(root, table)
+
+
 def run_pytest(
     root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
